@@ -33,8 +33,8 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 [ -x "$PY" ] || python3 -m venv "$VENV"
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q torch==2.13.0
-"$PY" -c "import scikit_build_core, pytest, tqdm, numpy" 2>/dev/null ||
-  "$PY" -m pip install -q "scikit-build-core>=0.10" pytest tqdm numpy
+"$PY" -c "import scikit_build_core, pytest, tqdm, numpy, matplotlib, yaml" 2>/dev/null ||
+  "$PY" -m pip install -q "scikit-build-core>=0.10" pytest tqdm numpy matplotlib pyyaml
 # Incremental: scikit-build-core reuses build-py/, so an unchanged tree rebuilds nothing.
 echo "[setup] building/installing the gradzip PyTorch extension into .venv"
 "$PY" -m pip install -q --no-build-isolation -e "$ROOT"

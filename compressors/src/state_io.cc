@@ -8,9 +8,9 @@ namespace gradzip {
 namespace {
 constexpr std::uint32_t kStateMagic = 0x31535A47u;  // "GZS1"
 constexpr std::uint32_t kStateVersion = 1;
-constexpr std::uint8_t kU64 = 0, kF64 = 1, kF32Array = 2;
+constexpr std::uint8_t kU64 = 0, kF64 = 1, kF32Array = 2, kBytes = 3;
 const char* type_name(std::uint8_t t) {
-  return t == kU64 ? "u64" : t == kF64 ? "f64" : t == kF32Array ? "f32[]" : "?";
+  return t == kU64 ? "u64" : t == kF64 ? "f64" : t == kF32Array ? "f32[]" : t == kBytes ? "bytes" : "?";
 }
 
 template <class T>
@@ -45,6 +45,12 @@ void StateWriter::put_floats(std::string_view name, Span<const float> v) {
   const std::size_t o = buf_.size();
   buf_.resize(o + 4 * v.size());
   for (std::size_t i = 0; i < v.size(); ++i) store_le<float>(buf_.data() + o + 4 * i, v[i]);
+}
+
+void StateWriter::put_bytes(std::string_view name, ConstBytes v) {
+  put_name(name, kBytes);
+  append<std::uint64_t>(buf_, v.size());
+  if (v.size()) buf_.insert(buf_.end(), v.data(), v.data() + v.size());
 }
 
 StateReader::StateReader(ConstBytes bytes, std::string op) : in_(bytes), op_(std::move(op)) {}
@@ -121,6 +127,17 @@ Status StateReader::get_floats_any(std::string_view name, std::vector<float>* ou
   out->resize(n);
   for (std::size_t i = 0; i < n; ++i) (*out)[i] = load_le<float>(in_.data() + pos_ + 4 * i);
   pos_ += 4 * n;
+  return Status::Ok();
+}
+
+Status StateReader::get_bytes(std::string_view name, ConstBytes* out) {
+  GZ_RETURN_IF_ERROR(expect(name, kBytes));
+  if (in_.size() - pos_ < 8) return Status::InvalidPayload(op_, ": state truncated in '", name, "'");
+  const std::uint64_t n = load_le<std::uint64_t>(in_.data() + pos_);
+  pos_ += 8;
+  if (in_.size() - pos_ < n) return Status::InvalidPayload(op_, ": state truncated in '", name, "'");
+  *out = ConstBytes(in_.data() + pos_, static_cast<std::size_t>(n));
+  pos_ += static_cast<std::size_t>(n);
   return Status::Ok();
 }
 

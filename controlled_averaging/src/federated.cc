@@ -13,6 +13,8 @@
 // where D_i = D(C(delta_i)) is what the payload decodes to. The client updates c_i from its *own* decoded payload,
 // so c^r = (1/N) sum_i c_i^r holds after every round (up to float rounding), whatever the codec.
 // Client weights are uniform (§9.7).
+// FedAvg with uplink feedback and the compressed downlink: see federated.h (the worker does the client math; the
+// server's rules are in FedServer::aggregate below).
 //
 // Sampling: partial Fisher-Yates over 0..N-1 with draws CounterRng(RngKey{seed, lo32(r), hi32(r), 0x5A4D})
 // .below(j, N - j), j = 0..S-1; the first S entries, sorted. Codec randomness of client i in round r:
@@ -38,6 +40,26 @@ namespace gradzip {
 namespace {
 
 constexpr std::uint32_t kSampleStream = 0x5A4D;
+constexpr std::uint32_t kDownlinkRank = 0xFFFFFFFFu, kDownlinkStream = 0xD0D0;
+
+bool has_feedback(const FedConfig& c) {
+  return c.feedback.kind != FeedbackKind::kNone;
+}
+bool shared_estimate(const FedConfig& c) {
+  return c.feedback.kind == FeedbackKind::kEF21 || c.feedback.kind == FeedbackKind::kEControl;
+}
+/// The server step gamma = lr_global K lr_local (the x-update of the SCAFFOLD family and of FedAvg with feedback).
+double server_gamma(const FedConfig& c) {
+  return c.lr_global * static_cast<double>(c.local_steps) * c.lr_local;
+}
+RngKey feedback_key(std::uint64_t seed, std::size_t client) {
+  RngKey k;
+  k.seed = seed;
+  k.step = 0;  // replaced by the worker's (and mirrored by the server's) participation counter
+  k.rank = static_cast<std::uint32_t>(client);
+  k.stream = 0;
+  return k;
+}
 
 bool uses_control(FedAlgorithm a) {
   return a != FedAlgorithm::kFedAvg;
@@ -209,9 +231,23 @@ Status validate(const FedConfig& c, const Compressor& uplink, std::size_t numel)
     return Status::InvalidArgument("scafcom: uplink codec '", uplink.spec(), "' is ", guarantee_kind_name(t.kind),
                                    "; SCAFCOM needs a contractive compressor (topk, sign, scaled(<unbiased>)); use "
                                    "scallion for unbiased codecs");
+  if (has_feedback(c)) {
+    if (c.algorithm != FedAlgorithm::kFedAvg)
+      return Status::InvalidArgument(alg, ": uplink feedback '", feedback_spec(c.feedback),
+                                     "' applies to fedavg only (SCAFCOM has its own error feedback; SCAFFOLD and "
+                                     "SCALLION correct drift with control variates)");
+    Status s = check_pairing(c.feedback, uplink, numel);
+    if (!s.ok()) return Status::InvalidArgument("fedavg+", feedback_spec(c.feedback), ": ", s.message());
+  }
   if (c.algorithm == FedAlgorithm::kScallion && c.alpha < 0 && !std::isfinite(t.omega))
     return Status::InvalidArgument("scallion: omega of '", uplink.spec(), "' is not finite; set alpha explicitly");
   return Status::Ok();
+}
+
+std::size_t fed_uplink_slot_bytes(const FedConfig& c, const Compressor& uplink, std::size_t numel) {
+  std::size_t b = uplink.max_encoded_bytes(numel);
+  if (has_feedback(c)) b = std::max(b, kHeaderBytes + 4 * numel);  // identity first message (EF21/EControl)
+  return b;
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -225,6 +261,14 @@ FedClient::FedClient(const FedConfig& c, std::shared_ptr<const Compressor> uplin
                                      " must be < num_clients=", cfg_.num_clients);
   if (!valid_.ok()) return;
   alpha_ = resolve_alpha(cfg_, *codec_, numel_);
+  if (has_feedback(cfg_)) {
+    auto w = FeedbackWorker::create(cfg_.feedback, codec_, numel_);
+    if (!w.ok()) {
+      valid_ = w.status();
+      return;
+    }
+    fb_ = std::move(w).value();
+  }
   if (uses_control(cfg_.algorithm)) c_.assign(numel_, 0.0f);
   if (cfg_.algorithm == FedAlgorithm::kScafcom) v_.assign(numel_, 0.0f);
 }
@@ -279,6 +323,23 @@ Status FedClient::finish_impl(std::uint64_t round, Span<const float> x, Span<con
   // at float tolerance.
   const float inv = static_cast<float>(1.0 / (static_cast<double>(cfg_.local_steps) * cfg_.lr_local));
   const float beta = static_cast<float>(cfg_.beta), omb = static_cast<float>(1.0 - cfg_.beta);
+  if (fb_) {
+    // FedAvg with uplink feedback: the worker turns the pseudo-gradient into the payload and updates its memory.
+    if (out.size() < fb_->max_payload_bytes())
+      return Status::InvalidArgument(alg, ".finish: client ", id_, ": out has ", out.size(), " bytes, need ",
+                                     fb_->max_payload_bytes());
+    for (std::size_t i = 0; i < n; ++i) d[i] = (xp[i] - yp[i]) * inv;
+    Exec ex;
+    ex.rng = feedback_key(cfg_.seed, id_);
+    ex.workspace = workspace;
+    std::size_t w = 0;
+    Status s = fb_->step(Span<const float>(d, n), static_cast<float>(server_gamma(cfg_)), out, &w, ex);
+    if (!s.ok())
+      return Status(s.code(), std::string(alg) + "+" + feedback_spec(cfg_.feedback) + ".finish: client " +
+                                  std::to_string(id_) + ", round " + std::to_string(round) + ": " + s.message());
+    *written = w;
+    return Status::Ok();
+  }
   switch (cfg_.algorithm) {
     case FedAlgorithm::kFedAvg:
       for (std::size_t i = 0; i < n; ++i) d[i] = yp[i] - xp[i];
@@ -338,12 +399,24 @@ void FedClient::save(StateWriter& w) const {
   w.put_u64("fed.client.codec", spec_hash(*codec_));
   if (uses_control(cfg_.algorithm)) w.put_floats("fed.client.c", Span<const float>(c_));
   if (cfg_.algorithm == FedAlgorithm::kScafcom) w.put_floats("fed.client.v", Span<const float>(v_));
+  if (fb_) {
+    StateWriter inner;
+    fb_->save(inner);
+    w.put_bytes("fed.client.feedback", ConstBytes(inner.bytes().data(), inner.bytes().size()));
+  }
 }
 
 Status FedClient::load(StateReader& r) {
   GZ_RETURN_IF_ERROR(valid_);
   std::vector<float> c(c_.size()), v(v_.size());
   GZ_RETURN_IF_ERROR(read_client(r, cfg_, *codec_, id_, &c, &v));
+  if (fb_) {
+    ConstBytes blob;
+    GZ_RETURN_IF_ERROR(r.get_bytes("fed.client.feedback", &blob));
+    // The worker's load is all-or-nothing, so it may come last among the records that can fail.
+    StateReader inner(blob, "fed_client.load(feedback)");
+    GZ_RETURN_IF_ERROR(fb_->load(inner));
+  }
   c_.swap(c);
   v_.swap(v);
   return Status::Ok();
@@ -353,9 +426,26 @@ Status FedClient::load(StateReader& r) {
 // FedServer
 
 StatusOr<std::unique_ptr<FedServer>> FedServer::create(const FedConfig& c, std::shared_ptr<const Compressor> uplink,
-                                                       Span<const float> x0) {
+                                                       Span<const float> x0,
+                                                       std::shared_ptr<const Compressor> downlink) {
   uplink = or_identity(std::move(uplink));
   GZ_RETURN_IF_ERROR(validate(c, *uplink, x0.size()));
+  if (downlink) {
+    Status s = downlink->check(DType::kF32, x0.size());
+    if (!s.ok())
+      return Status::InvalidArgument(fed_algorithm_name(c.algorithm), ": downlink codec '", downlink->spec(),
+                                     "': ", s.message());
+    const CompressorTraits t = downlink->traits(x0.size());
+    const bool lossless = t.kind == GuaranteeKind::kContractive && t.delta >= 1.0 && t.omega == 0.0;
+    if (lossless) {
+      downlink = nullptr;  // identity downlink: nothing to compress
+    } else if (t.kind != GuaranteeKind::kContractive) {
+      return Status::InvalidArgument(fed_algorithm_name(c.algorithm), ": downlink codec '", downlink->spec(), "' is ",
+                                     guarantee_kind_name(t.kind),
+                                     "; the compressed downlink (xhat += C(x - xhat)) needs a contractive "
+                                     "compressor (topk, sign, scaled(<unbiased>))");
+    }
+  }
   if (x0.data() == nullptr) return Status::InvalidArgument(fed_algorithm_name(c.algorithm), ": x0 is null");
   {
     Status s = check_finite(x0, "fed.create");
@@ -367,7 +457,20 @@ StatusOr<std::unique_ptr<FedServer>> FedServer::create(const FedConfig& c, std::
   s->x_.assign(x0.begin(), x0.end());
   s->c_.assign(x0.size(), 0.0f);
   s->acc_.assign(x0.size(), 0.0f);
-  s->ws_.assign(workspace_words(*uplink, x0.size()), 0);
+  std::size_t ws = workspace_words(*uplink, x0.size());
+  if (has_feedback(c)) {
+    s->identity_ = or_identity(nullptr);
+    s->participations_.assign(c.num_clients, 0);
+    if (shared_estimate(c)) s->gbar_.assign(x0.size(), 0.0f);
+  }
+  if (downlink) {
+    s->xhat_.assign(x0.begin(), x0.end());
+    s->diff_.assign(x0.size(), 0.0f);
+    s->down_buf_.assign(downlink->max_encoded_bytes(x0.size()), 0);
+    ws = std::max(ws, workspace_words(*downlink, x0.size()));
+    s->down_ = std::move(downlink);
+  }
+  s->ws_.assign(ws, 0);
   s->codec_ = std::move(uplink);
   return s;
 }
@@ -398,42 +501,87 @@ Status FedServer::aggregate(const std::vector<std::size_t>& clients, Span<const 
   if (clients != want)
     return Status::InvalidArgument(alg, ".aggregate: round ", round_, " sampled clients ", list_clients(want),
                                    " but payloads came from ", list_clients(clients));
+  const bool fb = has_feedback(cfg_);
   std::uint64_t up = 0;
   for (std::size_t j = 0; j < S; ++j) {
     Exec ex;
-    ex.rng = codec_key(cfg_.seed, round_, clients[j]);
     ex.workspace = as_bytes(ws_);
+    const Compressor* dec = codec_.get();
+    if (fb) {
+      // Mirror of the client's FeedbackWorker: its key carries the worker's step (= participations so far), and
+      // its first message is uncompressed for EF21/EControl with init=uncompressed.
+      const std::uint64_t p = participations_[clients[j]];
+      ex.rng = feedback_key(cfg_.seed, clients[j]);
+      ex.rng.step = static_cast<std::uint32_t>(p);
+      if (p == 0 && shared_estimate(cfg_) && cfg_.feedback.init == FeedbackInit::kUncompressed) dec = identity_.get();
+    } else {
+      ex.rng = codec_key(cfg_.seed, round_, clients[j]);
+    }
     Status s =
-        codec_->decode(payloads[j], Span<float>(acc_), j == 0 ? DecodeMode::kOverwrite : DecodeMode::kAccumulate, ex);
+        dec->decode(payloads[j], Span<float>(acc_), j == 0 ? DecodeMode::kOverwrite : DecodeMode::kAccumulate, ex);
     if (!s.ok())
       return Status(s.code(), std::string(alg) + ".aggregate: payload of client " + std::to_string(clients[j]) +
-                                  " (uplink '" + codec_->spec() + "'): " + s.message());
+                                  " (expected '" + dec->spec() + "'): " + s.message());
     // The exact payload size (header + body), not the slot it came in: decode has validated the header.
     auto h = read_header(payloads[j], "fed.aggregate");
     if (!h.ok()) return h.status();
     up += kHeaderBytes + h->body_bytes;
   }
-  float* x = x_.data();
-  float* c = c_.data();
   const float* acc = acc_.data();
-  if (cfg_.algorithm == FedAlgorithm::kFedAvg) {
-    const float g = static_cast<float>(cfg_.lr_global / static_cast<double>(S));
-    for (std::size_t i = 0; i < n; ++i) x[i] += g * acc[i];
-  } else {
-    const float step = static_cast<float>(cfg_.lr_global * static_cast<double>(cfg_.local_steps) * cfg_.lr_local);
-    const float inv_s = static_cast<float>(1.0 / static_cast<double>(S));
-    const float cn = static_cast<float>(alpha_ / static_cast<double>(cfg_.num_clients));
-    for (std::size_t i = 0; i < n; ++i) {
-      x[i] -= step * (c[i] + inv_s * acc[i]);
-      c[i] += cn * acc[i];
+  const bool ctl = uses_control(cfg_.algorithm);
+  const float inv_s = static_cast<float>(1.0 / static_cast<double>(S));
+  const float step = static_cast<float>(server_gamma(cfg_));
+  const float inv_n = static_cast<float>(1.0 / static_cast<double>(cfg_.num_clients));
+  const float cn = static_cast<float>(alpha_ / static_cast<double>(cfg_.num_clients));
+  const FeedbackKind fk = cfg_.feedback.kind;
+  // x^{r+1}_i as one expression, so that the downlink (which needs it before anything is committed) and the commit
+  // compute bitwise the same value.
+  auto next_x = [&](std::size_t i) -> float {
+    if (fb) {
+      if (fk == FeedbackKind::kEF14) return x_[i] - inv_s * acc[i];
+      return x_[i] - step * (gbar_[i] + inv_s * acc[i]);  // EF21, EControl
     }
+    if (!ctl) return x_[i] + static_cast<float>(cfg_.lr_global / static_cast<double>(S)) * acc[i];
+    return x_[i] - step * (c_[i] + inv_s * acc[i]);
+  };
+  std::size_t down_bytes = 0;
+  Exec dex;
+  if (down_) {
+    // Compressed downlink: encode x^{r+1} - xhat before committing anything, so that a failure changes nothing.
+    dex.rng.seed = cfg_.seed;
+    dex.rng.step = static_cast<std::uint32_t>(round_);
+    dex.rng.rank = kDownlinkRank;
+    dex.rng.stream = kDownlinkStream ^ static_cast<std::uint32_t>(round_ >> 32);
+    dex.workspace = as_bytes(ws_);
+    for (std::size_t i = 0; i < n; ++i) diff_[i] = next_x(i) - xhat_[i];
+    Status s =
+        down_->encode(Span<const float>(diff_), MutableBytes(down_buf_.data(), down_buf_.size()), &down_bytes, dex);
+    if (!s.ok())
+      return Status(s.code(), std::string(alg) + ".aggregate: round " + std::to_string(round_) + ": downlink '" +
+                                  down_->spec() + "': " + s.message());
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const float xi = next_x(i);
+    if (fb) {
+      if (fk != FeedbackKind::kEF14) gbar_[i] += inv_n * acc[i];
+    } else if (ctl) {
+      c_[i] += cn * acc[i];
+    }
+    x_[i] = xi;
+  }
+  if (fb)
+    for (std::size_t c : clients) ++participations_[c];
+  if (down_) {
+    Status s =
+        down_->decode(ConstBytes(down_buf_.data(), down_bytes), Span<float>(xhat_), DecodeMode::kAccumulate, dex);
+    if (!s.ok()) return Status::Internal(alg, ".aggregate: decoding the server's own downlink failed: ", s.message());
   }
   if (stats) {
     stats->round = round_;
     stats->clients = clients;
     stats->uplink_bytes = up;
     const std::uint64_t vec = kHeaderBytes + 4 * static_cast<std::uint64_t>(n);
-    stats->downlink_bytes = S * vec * (uses_control(cfg_.algorithm) ? 2 : 1);
+    stats->downlink_bytes = S * ((down_ ? down_bytes : vec) + (ctl ? vec : 0));
   }
   ++round_;
   return Status::Ok();
@@ -446,15 +594,37 @@ void FedServer::save(StateWriter& w) const {
   w.put_u64("fed.server.round", round_);
   w.put_floats("fed.server.x", Span<const float>(x_));
   w.put_floats("fed.server.c", Span<const float>(c_));
+  if (!participations_.empty()) {
+    std::vector<std::uint8_t> b(8 * participations_.size());
+    for (std::size_t i = 0; i < participations_.size(); ++i)
+      store_le<std::uint64_t>(b.data() + 8 * i, participations_[i]);
+    w.put_bytes("fed.server.participations", ConstBytes(b.data(), b.size()));
+  }
+  if (!gbar_.empty()) w.put_floats("fed.server.gbar", Span<const float>(gbar_));
+  if (down_) w.put_floats("fed.server.xhat", Span<const float>(xhat_));
 }
 
 Status FedServer::load(StateReader& r) {
   std::uint64_t round = 0;
-  std::vector<float> x(x_.size()), c(c_.size());
+  std::vector<float> x(x_.size()), c(c_.size()), gbar(gbar_.size()), xhat(xhat_.size());
+  std::vector<std::uint64_t> part(participations_.size());
   GZ_RETURN_IF_ERROR(read_server(r, cfg_, *codec_, &round, &x, &c));
+  if (!part.empty()) {
+    ConstBytes b;
+    GZ_RETURN_IF_ERROR(r.get_bytes("fed.server.participations", &b));
+    if (b.size() != 8 * part.size())
+      return Status::InvalidArgument("fed_server.load: participation counts for ", b.size() / 8, " clients, expected ",
+                                     part.size());
+    for (std::size_t i = 0; i < part.size(); ++i) part[i] = load_le<std::uint64_t>(b.data() + 8 * i);
+  }
+  if (!gbar.empty()) GZ_RETURN_IF_ERROR(r.get_floats("fed.server.gbar", Span<float>(gbar)));
+  if (down_) GZ_RETURN_IF_ERROR(r.get_floats("fed.server.xhat", Span<float>(xhat)));
   round_ = round;
   x_.swap(x);
   c_.swap(c);
+  gbar_.swap(gbar);
+  xhat_.swap(xhat);
+  participations_.swap(part);
   return Status::Ok();
 }
 
@@ -463,9 +633,10 @@ Status FedServer::load(StateReader& r) {
 
 StatusOr<std::unique_ptr<FedSimulation>> FedSimulation::create(const FedConfig& c,
                                                                std::shared_ptr<const Compressor> uplink,
-                                                               Span<const float> x0) {
+                                                               Span<const float> x0,
+                                                               std::shared_ptr<const Compressor> downlink) {
   uplink = or_identity(std::move(uplink));
-  GZ_ASSIGN_OR_RETURN(std::unique_ptr<FedServer> server, FedServer::create(c, uplink, x0));
+  GZ_ASSIGN_OR_RETURN(std::unique_ptr<FedServer> server, FedServer::create(c, uplink, x0, std::move(downlink)));
   const std::size_t n = x0.size(), S = c.clients_per_round;
   std::unique_ptr<FedSimulation> sim(new FedSimulation());
   sim->server_ = std::move(server);
@@ -477,7 +648,8 @@ StatusOr<std::unique_ptr<FedSimulation>> FedSimulation::create(const FedConfig& 
   sim->y_.assign(n, 0.0f);
   sim->g_.assign(n, 0.0f);
   sim->corr_.assign(n, 0.0f);
-  sim->buf_.assign(S * uplink->max_encoded_bytes(n), 0);
+  sim->buf_.assign(S * fed_uplink_slot_bytes(c, *uplink, n), 0);
+  sim->fb_snap_.assign(has_feedback(c) ? S : 0, {});
   sim->views_.assign(S, ConstBytes());
   const std::size_t per = c.algorithm == FedAlgorithm::kScafcom ? 2 : uses_control(c.algorithm) ? 1 : 0;
   sim->snap_.assign(S * per * n, 0.0f);
@@ -493,10 +665,10 @@ Status FedSimulation::run_round(const GradientFn& grad, RoundStats* stats) {
   const std::size_t n = y_.size(), K = cfg.local_steps;
   const std::uint64_t round = sv.round();
   const std::vector<std::size_t> clients = sv.sample(round);
-  const std::size_t slot = sv.uplink().max_encoded_bytes(n);
+  const std::size_t slot = fed_uplink_slot_bytes(cfg, sv.uplink(), n);
   const std::size_t per = snap_.size() / (clients.size() * n);
   const float lr = static_cast<float>(cfg.lr_local);
-  Span<const float> x = sv.model(), c = sv.control();
+  Span<const float> x = sv.client_model(), c = sv.control();
 
   // Snapshot the sampled clients' state so that a failure anywhere in the round leaves everything unchanged.
   for (std::size_t j = 0; j < clients.size(); ++j) {
@@ -504,6 +676,11 @@ Status FedSimulation::run_round(const GradientFn& grad, RoundStats* stats) {
     float* s = snap_.data() + j * per * n;
     if (per >= 1) std::memcpy(s, cl.c_.data(), 4 * n);
     if (per >= 2) std::memcpy(s + n, cl.v_.data(), 4 * n);
+    if (cl.fb_) {
+      StateWriter w;
+      cl.fb_->save(w);
+      fb_snap_[j] = w.take();
+    }
   }
   auto rollback = [&](std::size_t done) {
     for (std::size_t j = 0; j < done; ++j) {
@@ -511,6 +688,10 @@ Status FedSimulation::run_round(const GradientFn& grad, RoundStats* stats) {
       const float* s = snap_.data() + j * per * n;
       if (per >= 1) std::memcpy(cl.c_.data(), s, 4 * n);
       if (per >= 2) std::memcpy(cl.v_.data(), s + n, 4 * n);
+      if (cl.fb_) {
+        StateReader r(ConstBytes(fb_snap_[j].data(), fb_snap_[j].size()), "fed_sim.rollback");
+        (void)cl.fb_->load(r);  // the worker's own state, saved above: cannot mismatch
+      }
     }
   };
 
@@ -576,7 +757,27 @@ Status FedSimulation::load(StateReader& r) {
     std::vector<float> a(n), b(n);
     GZ_RETURN_IF_ERROR(read_server(probe, cfg, codec, &dummy, &a, &b));
     std::vector<float> v(cfg.algorithm == FedAlgorithm::kScafcom ? n : 0);
-    for (std::size_t i = 0; i < clients_.size(); ++i) GZ_RETURN_IF_ERROR(read_client(probe, cfg, codec, i, &a, &v));
+    if (has_feedback(cfg)) {
+      ConstBytes blob;
+      if (!server_->participations_.empty()) GZ_RETURN_IF_ERROR(probe.get_bytes("fed.server.participations", &blob));
+      if (!server_->gbar_.empty()) GZ_RETURN_IF_ERROR(probe.get_floats("fed.server.gbar", Span<float>(a)));
+    }
+    if (server_->down_) GZ_RETURN_IF_ERROR(probe.get_floats("fed.server.xhat", Span<float>(a)));
+    std::unique_ptr<FeedbackWorker> scratch_worker;
+    if (has_feedback(cfg)) {
+      auto w = FeedbackWorker::create(cfg.feedback, server_->codec_, n);
+      if (!w.ok()) return w.status();
+      scratch_worker = std::move(w).value();
+    }
+    for (std::size_t i = 0; i < clients_.size(); ++i) {
+      GZ_RETURN_IF_ERROR(read_client(probe, cfg, codec, i, &a, &v));
+      if (scratch_worker) {
+        ConstBytes blob;
+        GZ_RETURN_IF_ERROR(probe.get_bytes("fed.client.feedback", &blob));
+        StateReader inner(blob, "fed_client.load(feedback)");
+        GZ_RETURN_IF_ERROR(scratch_worker->load(inner));
+      }
+    }
   }
   std::uint64_t count = 0, up = 0, down = 0;
   GZ_RETURN_IF_ERROR(r.get_u64("fed.sim.num_clients", &count));

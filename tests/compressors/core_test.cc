@@ -5,6 +5,7 @@
 #include "gradzip/compressors/payload.h"
 #include "gradzip/compressors/reduce.h"
 #include "gradzip/compressors/rng.h"
+#include "gradzip/compressors/state_io.h"
 #include "test_util.h"
 
 namespace gradzip {
@@ -228,6 +229,42 @@ TEST(Compressor, CheckFiniteNamesTheIndex) {
   x[2047] = 1.0f;
   x[5] = std::nanf("");
   EXPECT_EQ(check_finite(x, "t").code(), StatusCode::kNonFinite);
+}
+
+TEST(StateIo, ByteStringsNestAndTruncationIsReported) {
+  StateWriter inner;
+  inner.put_u64("k", 42);
+  StateWriter outer;
+  outer.put_bytes("blob", ConstBytes(inner.bytes().data(), inner.bytes().size()));
+  outer.put_bytes("empty", ConstBytes());
+  outer.put_u64("after", 7);
+  const std::vector<std::uint8_t> b = outer.take();
+  StateReader r(ConstBytes(b.data(), b.size()), "t");
+  ConstBytes blob, empty;
+  ASSERT_TRUE(r.get_bytes("blob", &blob).ok());
+  ASSERT_TRUE(r.get_bytes("empty", &empty).ok());
+  EXPECT_EQ(empty.size(), 0u);
+  std::uint64_t v = 0;
+  ASSERT_TRUE(r.get_u64("after", &v).ok());
+  EXPECT_EQ(v, 7u);
+  EXPECT_TRUE(r.finish().ok());
+  StateReader ri(blob, "inner");
+  ASSERT_TRUE(ri.get_u64("k", &v).ok());
+  EXPECT_EQ(v, 42u);
+  EXPECT_TRUE(ri.finish().ok());
+  // Every truncation of the outer state is an error, never an over-read.
+  for (std::size_t cut = 0; cut < b.size(); ++cut) {
+    StateReader t(ConstBytes(b.data(), cut), "t");
+    ConstBytes x;
+    Status s = t.get_bytes("blob", &x);
+    if (s.ok()) s = t.get_bytes("empty", &x);
+    if (s.ok()) s = t.get_u64("after", &v);
+    EXPECT_FALSE(s.ok()) << "cut " << cut;
+  }
+  // A record of another type is named.
+  StateReader w(ConstBytes(b.data(), b.size()), "t");
+  Status s = w.get_u64("blob", &v);
+  EXPECT_NE(s.message().find("bytes"), std::string::npos) << s.message();
 }
 
 }  // namespace
