@@ -80,6 +80,7 @@ inline RngKey make_key(std::int64_t seed, std::int64_t step, std::int64_t rank, 
 // Registration hooks, called from the single TORCH_LIBRARY block in module.cc.
 void register_codec_ops(torch::Library& m);
 void register_ddp_units(torch::Library& m);
+void register_fed_ops(torch::Library& m);
 // CPU kernels of the dispatcher ops (registered in module.cc's TORCH_LIBRARY_IMPL(gradzip, CPU)).
 at::Tensor encode_cpu(const at::Tensor& x, c10::string_view spec, std::int64_t seed, std::int64_t step,
                       std::int64_t rank, std::int64_t stream);

@@ -16,6 +16,7 @@
 TORCH_LIBRARY(gradzip, m) {
   gradzip::torch_ext::register_codec_ops(m);
   gradzip::torch_ext::register_ddp_units(m);
+  gradzip::torch_ext::register_fed_ops(m);
 }
 
 TORCH_LIBRARY_IMPL(gradzip, CPU, m) {
