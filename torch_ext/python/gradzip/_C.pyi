@@ -1,7 +1,7 @@
 """Type stubs for gradzip._C, the compiled extension.
 
 Importing the module registers, as a side effect, the ops ``torch.ops.gradzip.*`` and the custom classes
-``torch.classes.gradzip.{Codec, Unit, Plan}``; their Python-facing wrappers live in gradzip._core, gradzip.ddp and
+``torch.classes.gradzip.{Codec, Unit, Plan, Federation}``; their Python-facing wrappers live in gradzip._core, gradzip.ddp and
 gradzip.collective. Signatures (schema strings):
 
     compressors() -> str[]
@@ -18,6 +18,13 @@ gradzip.collective. Signatures (schema strings):
     Plan(int numel, int world): add(Unit, list[int]) num_units() numel() linear_step() variable_size()
                      slot_bytes() used_bytes() last_metrics() encode(Tensor, bool) encode_linear(Tensor, bool)
                      decode(Tensor, int, Tensor) decode_linear(Tensor, Tensor)
+    Federation(str algorithm, str uplink, str downlink, str feedback, int num_clients, int clients_per_round,
+               int local_steps, float lr_local, float lr_global, float alpha, float beta, int seed, Tensor x0,
+               int rank, int world):     (gradzip.fedsim; torch_ext/csrc/fed_ops.cc)
+                     numel() slot_bytes() round() uplink_spec() downlink_spec() feedback_spec() owns(int)
+                     sample(int) model() client_model() control() totals() corrections(list[int])
+                     local_step(Tensor Y, Tensor G, Tensor corr, float lr) finish(list[int], Tensor Y)
+                     aggregate(list[int], Tensor payloads, Tensor sizes) state() load_state(Tensor)
 """
 
 torch_version: str

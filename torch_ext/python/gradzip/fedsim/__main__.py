@@ -41,6 +41,10 @@ def main(argv=None) -> int:
         if "RANK" not in os.environ:
             print("error: --distributed needs torchrun (RANK/WORLD_SIZE/MASTER_ADDR not set)", file=sys.stderr)
             return 2
+        if ns.backend == "nccl":
+            import torch
+
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(ns.backend)
     try:
         # Configuration, data and pairing errors surface here, before the first round.

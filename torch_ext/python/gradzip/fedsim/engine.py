@@ -103,7 +103,12 @@ class Simulation:
             sizes = torch.zeros(0, dtype=torch.long)
         if self.dist:
             payloads, sizes = self._gather(clients, mine, payloads, sizes)
-            self.dist.all_reduce(loss_sum)
+            if self.dist.get_backend() == "nccl":
+                loss_sum = loss_sum.cuda()
+                self.dist.all_reduce(loss_sum)
+                loss_sum = loss_sum.cpu()
+            else:
+                self.dist.all_reduce(loss_sum)
         try:
             up, down = fed.aggregate(clients, payloads, sizes)
         except RuntimeError as e:
@@ -125,12 +130,17 @@ class Simulation:
         if len(mine):
             full[rows] = payloads
             full_sizes[rows] = sizes
+        # NCCL moves CUDA tensors only: the payloads (a few kB per client) take a round trip through the device; the
+        # C++ Federation and the training stay on the CPU.
+        dev = torch.device("cuda", torch.cuda.current_device()) if self.dist.get_backend() == "nccl" else None
+        if dev is not None:
+            full, full_sizes = full.to(dev), full_sizes.to(dev)
         parts = [torch.empty_like(full) for _ in range(self.world)]
         self.dist.all_gather(parts, full)
         self.dist.all_reduce(full_sizes)  # each row is non-zero on its owner only
         owner = torch.tensor([c % self.world for c in clients], dtype=torch.long)
-        stacked = torch.stack(parts)  # [world, S, slot]
-        return stacked[owner, torch.arange(S)].contiguous(), full_sizes
+        stacked = torch.stack(parts).cpu()  # [world, S, slot]
+        return stacked[owner, torch.arange(S)].contiguous(), full_sizes.cpu()
 
     def evaluate(self) -> Tuple[float, float]:
         """(test loss, test accuracy) of the server model."""
