@@ -67,6 +67,15 @@ def test_unknown_key_and_compressor_pairings_are_refused(tmp_path):
         assert not (tmp_path / d).exists()
 
 
+def test_check_judges_pairings_without_data():
+    from gradzip.fedsim import check
+
+    assert check({**SMALL, "algorithm": "scafcom", "compressor": "sign"}).algorithm == "scafcom"
+    with pytest.raises(ValueError, match="SCALLION needs an unbiased"):
+        check(dict(task="fmnist", model="mlp", algorithm="scallion", compressor="topk:ratio=0.01",
+                   data_root="/nonexistent"))  # the pairing is judged before the (missing) data is looked at
+
+
 def test_missing_dataset_gives_install_hint(tmp_path):
     with pytest.raises(ValueError, match="apt-get install dataset-fashion-mnist"):
         run(dict(task="fmnist", model="mlp", data_root=str(tmp_path / "nowhere"), rounds=1), tmp_path / "o",

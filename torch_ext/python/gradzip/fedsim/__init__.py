@@ -11,8 +11,8 @@ clients over the ranks and reproduces the single-process run. See the README sec
 """
 
 from .config import FedSimConfig, from_mapping, load_file
-from .engine import Diverged, Simulation, run
+from .engine import Diverged, Simulation, check, run
 from .output import plot_curves, read_rows, summary_line
 
-__all__ = ["Diverged", "FedSimConfig", "Simulation", "from_mapping", "load_file", "plot_curves", "read_rows", "run",
+__all__ = ["Diverged", "FedSimConfig", "Simulation", "check", "from_mapping", "load_file", "plot_curves", "read_rows", "run",
            "summary_line"]

@@ -32,13 +32,22 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def _check_pairing(cfg: FedSimConfig, numel: int) -> None:
-    """Compressor/algorithm/feedback errors before any training, with the library's own message."""
+def check(cfg: Union[FedSimConfig, Dict[str, Any]], numel: int = 1 << 16) -> FedSimConfig:
+    """Validates a config without loading data or training: the fields, then the algorithm/compressor/feedback/
+    downlink pairing as the C++ layer judges it (a one-client federation over a numel-float model). Raises
+    ValueError naming the problem; returns the validated config."""
+    if isinstance(cfg, dict):
+        cfg = from_mapping(cfg)
+    cfg.validate()
     from .. import _core  # noqa: F401  (ops registered)
 
-    torch.classes.gradzip.Federation(cfg.algorithm, cfg.compressor, cfg.downlink, cfg.feedback, cfg.num_clients,
-                                     cfg.clients_per_round, cfg.local_steps, cfg.lr_local, cfg.lr_global, cfg.alpha,
-                                     cfg.beta, cfg.seed, torch.zeros(numel), 0, 1)
+    try:
+        torch.classes.gradzip.Federation(cfg.algorithm, cfg.compressor, cfg.downlink, cfg.feedback, 1, 1,
+                                         cfg.local_steps, cfg.lr_local, cfg.lr_global, cfg.alpha, cfg.beta, cfg.seed,
+                                         torch.zeros(numel), 0, 1)
+    except RuntimeError as e:  # kInvalidArgument arrives as ValueError already; anything else is a bug here
+        raise ValueError(str(e).splitlines()[0]) from None
+    return cfg
 
 
 class Simulation:
@@ -151,9 +160,7 @@ def run(cfg: Union[FedSimConfig, Dict[str, Any]], out_dir: Union[str, os.PathLik
         plots: bool = True, fmt: str = "csv", distributed: bool = False) -> Dict[str, Any]:
     """Runs a simulation, writing config.json, rounds.csv|jsonl, summary.json and the plots into out_dir.
     Returns the summary. Every rank of a distributed run returns the same summary; rank 0 writes the files."""
-    if isinstance(cfg, dict):
-        cfg = from_mapping(cfg)
-    cfg.validate()
+    cfg = check(cfg)  # every configuration/pairing error before the data is loaded
     if fmt not in ("csv", "jsonl"):
         raise ValueError(f"gradzip.fedsim: fmt={fmt!r} must be 'csv' or 'jsonl'")
     sim = Simulation(cfg, distributed=distributed)
