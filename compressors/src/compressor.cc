@@ -5,6 +5,10 @@
 #include <limits>
 
 #include "gradzip/compressors/config.h"
+#include "gradzip/compressors/cuda.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 
 namespace gradzip {
 
@@ -67,6 +71,7 @@ Status Compressor::encode(Span<const float> x, MutableBytes out, std::size_t* wr
   if (out.data() == nullptr || out.size() < need)
     return Status::InvalidArgument(name(), ".encode: output buffer of ", out.size(), " bytes is smaller than ",
                                    "max_encoded_bytes(", x.size(), ") = ", need);
+  if (ex.device == Device::kCuda) return encode_cuda_with_header(x, out, written, ex);
   if (ex.device == Device::kCpu && ex.check_finite && !detects_nonfinite()) {
     const std::string op = std::string(name()) + ".encode";
     GZ_RETURN_IF_ERROR(check_finite(x, op.c_str()));
@@ -98,6 +103,20 @@ StatusOr<std::vector<std::uint8_t>> Compressor::encode(Span<const float> x, cons
 
 Status Compressor::decode(ConstBytes payload, Span<float> y, DecodeMode mode, const Exec& ex, float scale) const {
   const std::string op = std::string(name()) + ".decode";
+  if (ex.device == Device::kCuda) {
+    // The header lives in device memory: the codec's kernels validate it against the expected one (decode_cuda).
+    if (payload.data() == nullptr || payload.size() < kHeaderBytes)
+      return Status::InvalidPayload(op, ": payload of ", payload.size(), " bytes is shorter than the ", kHeaderBytes,
+                                    "-byte header");
+    if (y.size() > 0 && y.data() == nullptr) return Status::InvalidArgument(op, ": output is null");
+    GZ_RETURN_IF_ERROR(check(DType::kF32, y.size()));
+    if (!std::isfinite(scale)) return Status::InvalidArgument(op, ": scale=", scale, " is not finite");
+    PayloadHeader h;
+    h.codec_id = codec_id();
+    h.numel = y.size();
+    h.flags = required_wrapper_flags();
+    return decode_cuda(h, ConstBytes(payload.data() + kHeaderBytes, payload.size() - kHeaderBytes), y, mode, scale, ex);
+  }
   GZ_ASSIGN_OR_RETURN(PayloadHeader h, read_header(payload, op.c_str()));
   if (h.codec_id != codec_id())
     return Status::InvalidPayload(op, ": payload was encoded by codec ", h.codec_id, " (", codec_id_name(h.codec_id),
@@ -116,6 +135,35 @@ Status Compressor::decode(ConstBytes payload, Span<float> y, DecodeMode mode, co
   return decode_cpu(h, body, y, mode, scale, ex);
 }
 
+Status Compressor::encode_cuda_with_header(Span<const float> x, MutableBytes out, std::size_t* written,
+                                           const Exec& ex) const {
+#if GRADZIP_HAS_CUDA
+  if (!has_cuda()) {
+    PayloadHeader unused;
+    return encode_cuda(x, out, written, unused, ex);
+  }
+  if (ex.check_finite) {
+    const std::string op = std::string(name()) + ".encode";
+    GZ_RETURN_IF_ERROR(detail::cuda::check_finite(x, op.c_str(), ex));
+  }
+  PayloadHeader h;
+  h.codec_id = codec_id();
+  h.numel = x.size();
+  std::size_t body = 0;
+  MutableBytes body_out(out.data() + kHeaderBytes, out.size() - kHeaderBytes);
+  GZ_RETURN_IF_ERROR(encode_cuda(x, body_out, &body, h, ex));
+  if (body > body_out.size() || body > std::numeric_limits<std::uint32_t>::max())
+    return Status::Internal(name(), ".encode: body of ", body, " bytes overflows the buffer (", body_out.size(), ")");
+  h.body_bytes = static_cast<std::uint32_t>(body);
+  GZ_RETURN_IF_ERROR(detail::cuda::write_header(h, out.data(), ex));
+  *written = kHeaderBytes + body;
+  return Status::Ok();
+#else
+  PayloadHeader h;
+  return encode_cuda(x, out, written, h, ex);
+#endif
+}
+
 Status Compressor::encode_cuda(Span<const float>, MutableBytes, std::size_t*, PayloadHeader&, const Exec&) const {
 #if GRADZIP_HAS_CUDA
   return Status::Unsupported(name(), ".encode: no CUDA kernel for this codec yet");
@@ -131,5 +179,18 @@ Status Compressor::decode_cuda(const PayloadHeader&, ConstBytes, Span<float>, De
   return Status::Unsupported(name(), ".decode: gradzip was built without CUDA (GRADZIP_ENABLE_CUDA=OFF)");
 #endif
 }
+
+#if !GRADZIP_HAS_CUDA
+bool cuda_available() {
+  return false;
+}
+Status device_status_to_status(std::uint32_t bits, const char* op) {
+  if (bits == 0) return Status::Ok();
+  return Status::Unsupported(op, ": device status bits 0x", std::hex, bits, " in a build without CUDA");
+}
+Status cuda_take_status(std::uint32_t*, void*, const char* op) {
+  return Status::Unsupported(op, ": gradzip was built without CUDA (GRADZIP_ENABLE_CUDA=OFF)");
+}
+#endif
 
 }  // namespace gradzip

@@ -54,6 +54,10 @@
 #include <string>
 
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 
 #if !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
 #error "gradzip fp16 encoding needs FLT_EVAL_METHOD == 0 (binary32 arithmetic without excess precision)"
@@ -127,10 +131,30 @@ class Half16 final : public Compressor {
   }
   std::size_t max_encoded_bytes(std::size_t n) const override { return kHeaderBytes + 2 * n; }
 
+#if GRADZIP_HAS_CUDA
+  bool has_cuda() const override {
+    return true;
+  }
+
+ protected:
+  Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader&,
+                     const Exec& ex) const override {
+    return detail::cuda::half_encode(F::kId == CodecId::kBf16, x, body, body_bytes, ex);
+  }
+  Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                     const Exec& ex) const override {
+    PayloadHeader e = h;
+    e.body_bytes = static_cast<std::uint32_t>(2 * y.size());
+    return detail::cuda::half_decode(F::kId == CodecId::kBf16, e, body, y, mode, scale, ex);
+  }
+#endif
+
  protected:
   // The range flag of the encode loop also catches Inf/NaN, so the base class's separate NaN/Inf pre-scan is
   // skipped and the error is produced here (kNonFinite first when Exec::check_finite, as for every codec).
-  bool detects_nonfinite() const override { return true; }
+  bool detects_nonfinite() const override {
+    return true;
+  }
 
   Status encode_cpu(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader&,
                     const Exec& ex) const override {

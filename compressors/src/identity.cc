@@ -2,6 +2,10 @@
 #include <cstring>
 
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 
 namespace gradzip {
 namespace {
@@ -21,6 +25,24 @@ class Identity final : public Compressor {
     return t;
   }
   std::size_t max_encoded_bytes(std::size_t n) const override { return kHeaderBytes + 4 * n; }
+
+#if GRADZIP_HAS_CUDA
+  bool has_cuda() const override {
+    return true;
+  }
+
+ protected:
+  Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader&,
+                     const Exec& ex) const override {
+    return detail::cuda::identity_encode(x, body, body_bytes, ex);
+  }
+  Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                     const Exec& ex) const override {
+    PayloadHeader e = h;
+    e.body_bytes = static_cast<std::uint32_t>(4 * y.size());
+    return detail::cuda::identity_decode(e, body, y, mode, scale, ex);
+  }
+#endif
 
  protected:
   Status encode_cpu(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader&,

@@ -24,6 +24,10 @@
 #include <cstring>
 
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 #include "gradzip/compressors/rng.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -201,10 +205,30 @@ class Natural final : public Compressor {
   }
   std::size_t max_encoded_bytes(std::size_t n) const override { return kHeaderBytes + body_bytes_for(n); }
 
+#if GRADZIP_HAS_CUDA
+  bool has_cuda() const override {
+    return true;
+  }
+
+ protected:
+  Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader&,
+                     const Exec& ex) const override {
+    return detail::cuda::natural_encode(x, body, body_bytes, ex);
+  }
+  Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                     const Exec& ex) const override {
+    PayloadHeader e = h;
+    e.body_bytes = static_cast<std::uint32_t>(body_bytes_for(y.size()));
+    return detail::cuda::natural_decode(e, body, y, mode, scale, ex);
+  }
+#endif
+
  protected:
   // The encode loop flags exponent 255 (Inf/NaN) and reports the first such index itself, so the base class's
   // separate NaN/Inf pre-scan is skipped.
-  bool detects_nonfinite() const override { return true; }
+  bool detects_nonfinite() const override {
+    return true;
+  }
 
   Status encode_cpu(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
                     const Exec& ex) const override {
@@ -273,7 +297,9 @@ class Natural final : public Compressor {
   }
 
  private:
-  static std::size_t body_bytes_for(std::size_t d) { return d + (d + 7) / 8; }
+  static std::size_t body_bytes_for(std::size_t d) {
+    return d + (d + 7) / 8;
+  }
 };
 
 }  // namespace

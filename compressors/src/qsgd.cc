@@ -54,6 +54,10 @@
 #include <utility>
 
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 #include "gradzip/compressors/bitcodes.h"
 #include "gradzip/compressors/reduce.h"
 #include "gradzip/compressors/rng.h"
@@ -428,11 +432,42 @@ class Qsgd final : public Compressor {
     return kHeaderBytes + 4 + bits_to_bytes(bits);
   }
 
+#if GRADZIP_HAS_CUDA
+  bool has_cuda() const override {
+    return cfg_.coding == QsgdConfig::Coding::kFixed;
+  }
+  std::size_t workspace_bytes(std::size_t numel, Device d) const override {
+    return d == Device::kCuda ? detail::cuda::qsgd_workspace(numel) : 0;
+  }
+
+ protected:
+  Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
+                     const Exec& ex) const override {
+    if (!has_cuda()) return Status::Unsupported("qsgd.encode: coding=elias has no CUDA kernel (use coding=fixed)");
+    h.flags = 0;
+    h.param0 = cfg_.levels;
+    h.param1 = param1();
+    return detail::cuda::qsgd_encode(cfg_.levels, width_, cfg_.norm == QsgdConfig::Norm::kLinf, x, body, body_bytes,
+                                     ex);
+  }
+  Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                     const Exec& ex) const override {
+    if (!has_cuda()) return Status::Unsupported("qsgd.decode: coding=elias has no CUDA kernel (use coding=fixed)");
+    PayloadHeader e = h;
+    e.param0 = cfg_.levels;
+    e.param1 = param1();
+    e.body_bytes = static_cast<std::uint32_t>(4 + bits_to_bytes(static_cast<std::uint64_t>(y.size()) * width_));
+    return detail::cuda::qsgd_decode(cfg_.levels, width_, e, body, y, mode, scale, ex);
+  }
+#endif
+
  protected:
   // The norm is computed anyway and is non-finite iff x holds Inf/NaN (sum_sq accumulates in double, which finite
   // floats cannot overflow; max_abs orders Inf/NaN above every finite value), so the base class's NaN/Inf pre-scan
   // is skipped and the offending index is looked up only then.
-  bool detects_nonfinite() const override { return true; }
+  bool detects_nonfinite() const override {
+    return true;
+  }
 
   Status encode_cpu(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
                     const Exec& ex) const override {

@@ -33,6 +33,10 @@
 #include <cstring>
 
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 #include "gradzip/compressors/rng.h"
 
 namespace gradzip {
@@ -117,10 +121,15 @@ class RandK final : public Compressor, public Sparsifier {
     return kHeaderBytes + bits_to_bytes(body_bits(numel, k));
   }
   std::size_t workspace_bytes(std::size_t numel, Device d) const override {
+#if GRADZIP_HAS_CUDA
+    if (d == Device::kCuda) return detail::cuda::randk_workspace(numel, std::min(k_for(numel), numel));
+#endif
     return d == Device::kCpu ? 8 * ((numel + 63) / 64) : 0;
   }
 
-  std::size_t k_for(std::size_t numel) const override { return cfg_.k > 0 ? cfg_.k : k_from_ratio(cfg_.ratio, numel); }
+  std::size_t k_for(std::size_t numel) const override {
+    return cfg_.k > 0 ? cfg_.k : k_from_ratio(cfg_.ratio, numel);
+  }
   Status select(Span<const float> x, std::vector<std::uint32_t>& idx, float* value_scale,
                 const Exec& ex) const override {
     GZ_RETURN_IF_ERROR(check(DType::kF32, x.size()));
@@ -134,6 +143,32 @@ class RandK final : public Compressor, public Sparsifier {
     if (value_scale) *value_scale = cfg_.unbiased ? static_cast<float>(static_cast<double>(d) / k) : 1.0f;
     return Status::Ok();
   }
+
+#if GRADZIP_HAS_CUDA
+  bool has_cuda() const override {
+    return true;
+  }
+
+ protected:
+  Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
+                     const Exec& ex) const override {
+    const std::size_t k = k_for(x.size());
+    h.flags = expected_flags();
+    h.param0 = static_cast<std::uint32_t>(k);
+    h.param1 = 0;
+    return detail::cuda::randk_encode(k, cfg_.shared, key_for(ex), x, body, body_bytes, ex);
+  }
+  Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                     const Exec& ex) const override {
+    const std::size_t d = y.size(), k = k_for(d);
+    PayloadHeader e = h;
+    e.flags = expected_flags();
+    e.param0 = static_cast<std::uint32_t>(k);
+    e.body_bytes = static_cast<std::uint32_t>(bits_to_bytes(body_bits(d, k)));
+    const float f = cfg_.unbiased ? static_cast<float>(static_cast<double>(scale) * static_cast<double>(d) / k) : scale;
+    return detail::cuda::randk_decode(k, cfg_.shared, f, key_for(ex), e, body, y, mode, ex);
+  }
+#endif
 
  protected:
   Status check_numel(std::size_t numel) const override {

@@ -23,10 +23,11 @@ double chunk_sum(const float* p, std::size_t len, F f) {
 
 template <class F>
 double chunked_sum(Span<const float> x, F f) {
-  double total = 0.0;
+  PairwiseChunkSum total;
   const std::size_t n = x.size();
-  for (std::size_t c = 0; c < n; c += kReduceChunk) total += chunk_sum(x.data() + c, std::min(n - c, kReduceChunk), f);
-  return total;
+  for (std::size_t c = 0; c < n; c += kReduceChunk)
+    total.push(chunk_sum(x.data() + c, std::min(n - c, kReduceChunk), f));
+  return total.result();
 }
 
 }  // namespace

@@ -32,6 +32,10 @@
 #include <cstring>
 
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 #include "gradzip/compressors/reduce.h"
 
 namespace gradzip {
@@ -82,10 +86,33 @@ class ScaledSign final : public Compressor {
   }
   std::size_t max_encoded_bytes(std::size_t n) const override { return kHeaderBytes + body_size(n); }
 
+#if GRADZIP_HAS_CUDA
+  bool has_cuda() const override {
+    return true;
+  }
+  std::size_t workspace_bytes(std::size_t numel, Device d) const override {
+    return d == Device::kCuda ? detail::cuda::sign_workspace(numel) : 0;
+  }
+
+ protected:
+  Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader&,
+                     const Exec& ex) const override {
+    return detail::cuda::sign_encode(x, body, body_bytes, ex);
+  }
+  Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                     const Exec& ex) const override {
+    PayloadHeader e = h;
+    e.body_bytes = static_cast<std::uint32_t>(body_size(y.size()));
+    return detail::cuda::sign_decode(e, body, y, mode, scale, ex);
+  }
+#endif
+
  protected:
   // ||x||_1 is computed anyway and is non-finite iff x holds Inf/NaN (a double sum of finite floats cannot
   // overflow), so the base class's NaN/Inf pre-scan is skipped and the index is looked up only on failure.
-  bool detects_nonfinite() const override { return true; }
+  bool detects_nonfinite() const override {
+    return true;
+  }
 
   Status encode_cpu(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader&,
                     const Exec& ex) const override {
@@ -96,16 +123,17 @@ class ScaledSign final : public Compressor {
     // One pass: each reduce chunk (kReduceChunk = 4096 elements = 512 sign bytes) is summed in sum_abs's exact
     // order and its signs packed while it is in L1, so x is read from memory once.
     static_assert(kReduceChunk % (8 * kBlockBytes) == 0, "sign packing blocks must tile a reduce chunk");
-    double l1 = 0.0;
+    PairwiseChunkSum l1_sum;
     std::size_t b = 0;
     for (std::size_t c = 0; c < n; c += kReduceChunk) {
       const std::size_t len = std::min(kReduceChunk, n - c);
-      l1 += sum_abs_chunk(p + c, len);
+      l1_sum.push(sum_abs_chunk(p + c, len));
       const std::size_t end = std::min(full, (c + len) / 8);
       for (; b + kBlockBytes <= end; b += kBlockBytes) pack_signs(p + 8 * b, out + b, kBlockBytes);
       pack_signs(p + 8 * b, out + b, end - b);
       b = end;
     }
+    const double l1 = l1_sum.result();
     if (!std::isfinite(l1) && ex.check_finite) GZ_RETURN_IF_ERROR(check_finite(x, "sign.encode"));
     const float s = static_cast<float>(l1 / static_cast<double>(n));
     if (!std::isfinite(s))
@@ -162,7 +190,9 @@ class ScaledSign final : public Compressor {
   }
 
  private:
-  static std::size_t body_size(std::size_t n) { return 4 + (n + 7) / 8; }
+  static std::size_t body_size(std::size_t n) {
+    return 4 + (n + 7) / 8;
+  }
 };
 
 }  // namespace

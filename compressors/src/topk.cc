@@ -39,6 +39,10 @@
 #include <numeric>
 
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 
 namespace gradzip {
 namespace {
@@ -237,6 +241,35 @@ class TopK final : public Compressor, public Sparsifier {
     if (value_scale) *value_scale = 1.0f;
     return Status::Ok();
   }
+
+#if GRADZIP_HAS_CUDA
+  bool has_cuda() const override {
+    return true;
+  }
+  std::size_t workspace_bytes(std::size_t numel, Device d) const override {
+    return d == Device::kCuda ? detail::cuda::topk_workspace(numel, std::min(k_for(numel), numel)) : 0;
+  }
+
+ protected:
+  Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
+                     const Exec& ex) const override {
+    const std::size_t k = k_for(x.size());
+    h.flags = use_bitmap(x.size(), k) ? kFlagBitmap : 0u;
+    h.param0 = static_cast<std::uint32_t>(k);
+    h.param1 = 0;
+    return detail::cuda::topk_encode(k, x, body, body_bytes, ex);
+  }
+  Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                     const Exec& ex) const override {
+    const std::size_t d = y.size(), k = k_for(d);
+    PayloadHeader e = h;
+    const bool bitmap = use_bitmap(d, k);
+    e.flags = bitmap ? kFlagBitmap : 0u;
+    e.param0 = static_cast<std::uint32_t>(k);
+    e.body_bytes = static_cast<std::uint32_t>(bits_to_bytes(bitmap ? bitmap_form_bits(d, k) : index_form_bits(d, k)));
+    return detail::cuda::topk_decode(k, e, body, y, mode, scale, ex);
+  }
+#endif
 
  protected:
   Status check_numel(std::size_t numel) const override {

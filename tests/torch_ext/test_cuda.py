@@ -19,3 +19,38 @@ def test_ddp_hook_on_cuda_with_nccl(compressor, feedback):
     for r in dist_util.results_of(res, "cuda"):
         assert r["finite"] and r["identical_params"]
         assert r["metrics"]["compressed_buckets"] >= 1
+
+
+needs_cuda_ops = pytest.mark.skipif(
+    not torch.cuda.is_available() or not hasattr(torch.ops.gradzip, "cuda_step"),
+    reason="needs a CUDA device and gradzip built with CUDA kernels")
+
+
+@needs_cuda_ops
+@pytest.mark.parametrize("spec", ["identity", "fp16", "bf16", "sign", "natural", "qsgd:levels=7", "topk:ratio=0.01",
+                                  "randk:ratio=0.05", "randk:ratio=0.1,shared=0"])
+@pytest.mark.parametrize("n", [1, 4097, 1000003])
+def test_cuda_ops_match_cpu_ops_bitwise(spec, n):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=g)
+    ref = torch.ops.gradzip.encode(x, spec, 7, 3, 1, 2)
+    dev = torch.ops.gradzip.encode(x.cuda(), spec, 7, 3, 1, 2)
+    assert dev.is_cuda and torch.equal(dev.cpu(), ref)
+    y_ref = torch.ops.gradzip.decode(ref, spec, n, 7, 3, 1, 2)
+    y_dev = torch.ops.gradzip.decode(ref.cuda(), spec, n, 7, 3, 1, 2)
+    assert torch.equal(y_dev.cpu().view(torch.int32), y_ref.view(torch.int32))
+
+
+@needs_cuda_ops
+def test_cuda_ops_errors():
+    x = torch.ones(100, device="cuda")
+    x[5] = float("nan")
+    with pytest.raises(RuntimeError, match="NonFinite"):
+        torch.ops.gradzip.encode(x, "fp16")
+    p = torch.ops.gradzip.encode(torch.ones(100, device="cuda"), "topk:k=3")
+    bad = p.clone()
+    bad[0] ^= 1
+    with pytest.raises(RuntimeError, match="InvalidPayload"):
+        torch.ops.gradzip.decode(bad, "topk:k=3", 100)
+    assert torch.ops.gradzip.cuda_supported("topk:ratio=0.01")
+    assert not torch.ops.gradzip.cuda_supported("qsgd:levels=7,coding=elias")

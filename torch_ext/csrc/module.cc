@@ -9,6 +9,9 @@
 
 #include "common.h"
 
+#ifndef GRADZIP_TORCH_CUDA_OPS
+#define GRADZIP_TORCH_CUDA_OPS 0  // 1 when csrc/cuda_ops.cc (the CUDA kernels of the ops) is compiled in
+#endif
 #ifndef GRADZIP_TORCH_VERSION
 #define GRADZIP_TORCH_VERSION "unknown"
 #endif
@@ -44,7 +47,7 @@ PyMODINIT_FUNC PyInit__C() {
   PyObject* m = PyModule_Create(&gradzip_c_module);
   if (m == nullptr) return nullptr;
   if (PyModule_AddStringConstant(m, "torch_version", GRADZIP_TORCH_VERSION) < 0 ||
-      PyModule_AddIntConstant(m, "cuda_kernels", 0) < 0) {
+      PyModule_AddIntConstant(m, "cuda_kernels", GRADZIP_TORCH_CUDA_OPS) < 0) {
     Py_DECREF(m);
     return nullptr;
   }

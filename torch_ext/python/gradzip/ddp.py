@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 import torch
 import torch.distributed as dist
 
-from . import _comm
+from . import _comm, _cuda_path
 from ._core import validate
 
 __all__ = ["State", "hook"]
@@ -128,6 +128,9 @@ class State:
         self._last: Dict[str, Any] = {}
         self._totals: Dict[str, float] = {k: 0.0 for k in _METRIC_SUMS}
         self._totals["steps"] = 0.0
+        # Device path for CUDA buckets (_cuda_path.py); set False to force the host path.
+        self.cuda_path = True
+        self._cuda: Any = None
 
     # ------------------------------------------------------------------ public API
     @property
@@ -298,6 +301,14 @@ class State:
         buf = bucket.buffer()
         step = self.step
         try:
+            if step >= self.warmup_steps and self._use_cuda_path(buf):
+                with self._lock:
+                    rec = self._open.setdefault(step, {"launched": 0, "completed": 0, "closed": False,
+                                                       **{k: 0.0 for k in _METRIC_SUMS}})
+                    rec["launched"] += 1
+                assert self._cuda is not None
+                return self._cuda.launch(bucket.index(), buf, self.group, self.world_size, self.rank, step,
+                                         lambda m, s=step: self._bucket_done(s, m))
             if step < self.warmup_steps:
                 # Still name the parameters now: keys come from this process's first layout.
                 for pos, p in enumerate(bucket.parameters()):
@@ -321,6 +332,24 @@ class State:
             if bucket.is_last():
                 self._end_step(step)
         return fut
+
+    def _use_cuda_path(self, buf: torch.Tensor) -> bool:
+        """Whether this bucket takes the device path (_cuda_path.py): CUDA float32 bucket, CUDA kernels for the codec,
+        granularity="bucket", at least min_compress_numel elements, EF21/EControl with the default init."""
+        if not (self.cuda_path and buf.is_cuda and buf.dtype == torch.float32 and self.granularity == "bucket"
+                and buf.numel() >= max(self.min_compress_numel, 1)):
+            return False
+        if self._cuda is None:
+            kind = self.feedback.split(":")[0]
+            ok = (kind in ("none", "ef14", "ef21", "econtrol") and "init=compressed" not in self.feedback
+                  and "init=zero" not in self.feedback and _cuda_path.codec_supported(self.compressor))
+            self._cuda = _cuda_path.CudaPath(self.compressor, self.feedback, self.seed) if ok else False
+        return bool(self._cuda)
+
+    def check_device_status(self) -> None:
+        """Raises if a CUDA decode found a corrupted payload since the last check (synchronises the stream)."""
+        if self._cuda:
+            self._cuda.check()
 
     def _end_step(self, step: int) -> None:
         if step >= self.warmup_steps:

@@ -59,8 +59,12 @@ class Compressor {
   virtual CompressorTraits traits(std::size_t numel) const = 0;
   /// Upper bound on the payload size (header included) for numel elements.
   virtual std::size_t max_encoded_bytes(std::size_t numel) const = 0;
-  /// Scratch bytes the call may use through Exec::workspace (0: none needed).
+  /// Scratch bytes the call may use through Exec::workspace (0: none needed). On the CUDA device a call whose
+  /// workspace is smaller allocates it stream-ordered (cudaMallocAsync) for the call.
   virtual std::size_t workspace_bytes(std::size_t /*numel*/, Device /*d*/) const { return 0; }
+  /// True when encode and decode run on the CUDA device in this build (buffers in device memory, Exec::device =
+  /// kCuda, Exec::stream). False: a kCuda call returns kUnsupported.
+  virtual bool has_cuda() const { return false; }
 
   /// Can this codec handle `numel` elements of `dtype`? kInvalidArgument naming the codec and values if not.
   Status check(DType dtype, std::size_t numel) const;
@@ -84,7 +88,11 @@ class Compressor {
   /// The codec validates flags, params and the exact body length.
   virtual Status decode_cpu(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
                             const Exec& ex) const = 0;
-  /// CUDA seams: kernels slot in here without changing the interface.
+  /// CUDA seams (device buffers). encode_cuda: like encode_cpu; the base class then writes the header into device
+  /// memory with a kernel (no host round trip). decode_cuda: the base class cannot read a header in device memory,
+  /// so `h` holds only what it expects (codec_id, numel, flags = required_wrapper_flags()) and `body` spans the
+  /// whole rest of the payload buffer; the codec completes the expected header (flags, params, exact body_bytes)
+  /// and its kernels compare it with the payload's on the device before touching y.
   virtual Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
                              const Exec& ex) const;
   virtual Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
@@ -99,6 +107,9 @@ class Compressor {
 
   friend class ScaledUnbiased;  // forwards to the inner codec's protected hooks
   friend class Compose;
+
+ private:
+  Status encode_cuda_with_header(Span<const float> x, MutableBytes out, std::size_t* written, const Exec& ex) const;
 };
 
 /// "k=0 must be ..." style helper: the k for a ratio (ceil(ratio * numel), at least 1, at most numel).

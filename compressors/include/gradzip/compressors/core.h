@@ -200,6 +200,12 @@ struct Exec {
   RngKey rng{};                      // randomness key for stochastic codecs
   CompressorState* state = nullptr;  // codec state for stateful codecs (lowrank); may be null
   bool check_finite = true;          // encode rejects NaN/Inf with kNonFinite (set false to skip the scan)
+  /// CUDA only: a device word (zeroed by the caller) into which the kernels OR error bits (see gradzip/compressors/
+  /// cuda.h) instead of the call synchronising the stream to return them as a Status. Null (the default): every CUDA
+  /// call that can find an error on the device (payload validation, fp16 range, NaN/Inf) synchronises its stream
+  /// once and returns the exact Status. Non-null: nothing synchronises (no host round trip); the caller reads the
+  /// word later with cuda_take_status().
+  std::uint32_t* device_status = nullptr;
 };
 
 enum class DecodeMode : std::uint8_t {

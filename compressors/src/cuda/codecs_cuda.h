@@ -1,0 +1,52 @@
+// Internal: host entry points of the CUDA kernels (compressors/src/cuda/*.cu), called from the codecs' encode_cuda /
+// decode_cuda overrides. All buffers are device memory; everything runs on ex.stream. Encoders write the body only
+// (the base class writes the header with write_header); decoders get the complete expected header (`expect`, with
+// the exact body_bytes) and validate the payload's header against it on the device before touching y.
+// Bit-exact with the CPU codecs (same formulas, float operations in the same order, no FMA contraction: the sources
+// are compiled with --fmad=false; reductions in reduce.h's documented order; Philox draws by element index).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gradzip/compressors/compressor.h"
+
+namespace gradzip::detail::cuda {
+
+Status write_header(const PayloadHeader& h, std::uint8_t* dst, const Exec& ex);
+/// kNonFinite naming the first bad index (synchronous), or the kDeviceNonFinite bit (asynchronous).
+Status check_finite(Span<const float> x, const char* op, const Exec& ex);
+
+Status identity_encode(Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex);
+Status identity_decode(const PayloadHeader& expect, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                       const Exec& ex);
+Status half_encode(bool bf16, Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex);
+Status half_decode(bool bf16, const PayloadHeader& expect, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                   const Exec& ex);
+Status sign_encode(Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex);
+Status sign_decode(const PayloadHeader& expect, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                   const Exec& ex);
+Status natural_encode(Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex);
+Status natural_decode(const PayloadHeader& expect, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                      const Exec& ex);
+/// Fixed coding only; width = 1 + ceil(log2(levels + 1)).
+Status qsgd_encode(std::uint32_t levels, int width, bool linf, Span<const float> x, MutableBytes body,
+                   std::size_t* body_bytes, const Exec& ex);
+Status qsgd_decode(std::uint32_t levels, int width, const PayloadHeader& expect, ConstBytes body, Span<float> y,
+                   DecodeMode mode, float scale, const Exec& ex);
+std::size_t qsgd_workspace(std::size_t d);
+std::size_t sign_workspace(std::size_t d);
+
+/// Exact Top-K (|x| desc, index asc) in the CPU's wire forms.
+Status topk_encode(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex);
+Status topk_decode(std::size_t k, const PayloadHeader& expect, ConstBytes body, Span<float> y, DecodeMode mode,
+                   float scale, const Exec& ex);
+std::size_t topk_workspace(std::size_t d, std::size_t k);
+/// Rand-K with Floyd's subset (computed in parallel, same subset as the CPU's sequential loop).
+Status randk_encode(std::size_t k, bool shared, const RngKey& key, Span<const float> x, MutableBytes body,
+                    std::size_t* body_bytes, const Exec& ex);
+Status randk_decode(std::size_t k, bool shared, float factor, const RngKey& key, const PayloadHeader& expect,
+                    ConstBytes body, Span<float> y, DecodeMode mode, const Exec& ex);
+std::size_t randk_workspace(std::size_t d, std::size_t k);
+
+}  // namespace gradzip::detail::cuda
