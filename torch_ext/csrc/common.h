@@ -12,7 +12,9 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "gradzip/compressors/core.h"
 
@@ -75,6 +77,20 @@ inline RngKey make_key(std::int64_t seed, std::int64_t step, std::int64_t rank, 
   k.rank = static_cast<std::uint32_t>(rank);
   k.stream = static_cast<std::uint32_t>(stream);
   return k;
+}
+
+/// A uint8 CPU tensor holding a copy of b (state blobs).
+inline at::Tensor bytes_tensor(const std::vector<std::uint8_t>& b) {
+  at::Tensor t = at::empty({static_cast<std::int64_t>(b.size())}, at::kByte);
+  if (!b.empty()) std::memcpy(t.data_ptr<std::uint8_t>(), b.data(), b.size());
+  return t;
+}
+
+/// A float32 CPU tensor holding a copy of v.
+inline at::Tensor floats_tensor(Span<const float> v) {
+  at::Tensor t = at::empty({static_cast<std::int64_t>(v.size())}, at::kFloat);
+  if (!v.empty()) std::memcpy(t.data_ptr<float>(), v.data(), v.size_bytes());
+  return t;
 }
 
 // Registration hooks, called from the single TORCH_LIBRARY block in module.cc.

@@ -22,18 +22,6 @@
 namespace gradzip::torch_ext {
 namespace {
 
-at::Tensor bytes_tensor(const std::vector<std::uint8_t>& b) {
-  at::Tensor t = at::empty({static_cast<std::int64_t>(b.size())}, at::kByte);
-  if (!b.empty()) std::memcpy(t.data_ptr<std::uint8_t>(), b.data(), b.size());
-  return t;
-}
-
-at::Tensor floats_tensor(Span<const float> v) {
-  at::Tensor t = at::empty({static_cast<std::int64_t>(v.size())}, at::kFloat);
-  if (!v.empty()) std::memcpy(t.data_ptr<float>(), v.data(), v.size_bytes());
-  return t;
-}
-
 class Unit : public torch::CustomClassHolder {
  public:
   Unit(const std::string& compressor, const std::string& feedback, std::int64_t numel, std::int64_t rank,

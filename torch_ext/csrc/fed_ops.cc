@@ -31,12 +31,6 @@
 namespace gradzip::torch_ext {
 namespace {
 
-at::Tensor copy_floats(Span<const float> v) {
-  at::Tensor t = at::empty({static_cast<std::int64_t>(v.size())}, at::kFloat);
-  if (!v.empty()) std::memcpy(t.data_ptr<float>(), v.data(), v.size_bytes());
-  return t;
-}
-
 std::shared_ptr<const Compressor> codec_or_throw(const std::string& spec, const char* what) {
   auto c = parse_compressor(spec);
   if (!c.ok()) TORCH_CHECK_VALUE(false, "gradzip.Federation: ", what, " compressor: ", c.status().message());
@@ -81,11 +75,10 @@ class Federation : public torch::CustomClassHolder {
     TORCH_CHECK_VALUE(x.numel() >= 1, "gradzip.Federation: x0 is empty");
     d_ = static_cast<std::size_t>(x.numel());
     make_objects(as_span(x), &server_, &clients_);
-    // FedClient reports a bad configuration from its calls; surface it now, before any training.
+    // A client reports a bad configuration (e.g. its feedback worker's pairing) from every call; surface it now.
     for (const auto& c : clients_)
       if (c) {
-        std::vector<float> probe(d_);
-        throw_if_error(c->correction(server_->control(), Span<float>(probe)), "Federation");
+        throw_if_error(c->status(), "Federation");
         break;
       }
     slot_ = fed_uplink_slot_bytes(cfg_, *up_codec_, d_);
@@ -107,11 +100,11 @@ class Federation : public torch::CustomClassHolder {
     return std::vector<std::int64_t>(s.begin(), s.end());
   }
   /// The server model x (copy).
-  at::Tensor model() const { return copy_floats(server_->model()); }
+  at::Tensor model() const { return floats_tensor(server_->model()); }
   /// The model the clients start from (xhat with a compressed downlink, else x; copy).
-  at::Tensor client_model() const { return copy_floats(server_->client_model()); }
+  at::Tensor client_model() const { return floats_tensor(server_->client_model()); }
   /// The server control c (copy; zeros for FedAvg).
-  at::Tensor control() const { return copy_floats(server_->control()); }
+  at::Tensor control() const { return floats_tensor(server_->control()); }
   std::tuple<std::int64_t, std::int64_t> totals() const {
     return {static_cast<std::int64_t>(up_total_), static_cast<std::int64_t>(down_total_)};
   }
@@ -226,10 +219,7 @@ class Federation : public torch::CustomClassHolder {
     server_->save(w);
     for (const auto& c : clients_)
       if (c) c->save(w);
-    const std::vector<std::uint8_t>& b = w.bytes();
-    at::Tensor t = at::empty({static_cast<std::int64_t>(b.size())}, at::kByte);
-    if (!b.empty()) std::memcpy(t.data_ptr<std::uint8_t>(), b.data(), b.size());
-    return t;
+    return bytes_tensor(w.bytes());
   }
 
   /// Restores state() of an identically configured Federation (same rank and world). All or nothing: the state is

@@ -97,6 +97,8 @@ class FedClient {
   /// A null uplink codec means identity. A bad config, pairing or id (>= num_clients) is reported by every call.
   FedClient(const FedConfig& c, std::shared_ptr<const Compressor> uplink, std::size_t id, std::size_t numel);
   std::size_t id() const { return id_; }
+  /// Ok, or the configuration error that every call of this client reports.
+  const Status& status() const { return valid_; }
   /// corr_i = c - c_i for the local steps (zeros for FedAvg).
   [[nodiscard]] Status correction(Span<const float> server_c, Span<float> out) const;
   /// Client side of the uplink: from the round's x^r, server c^r and the final local iterate y_K, writes the
