@@ -1,6 +1,6 @@
 // CUDA codec bandwidth against a device-to-device copy measured in the same run (CONVENTIONS C12).
 //
-//   gradzip_cuda_codecs_bench [--sizes 25000000,100000000] [--iters 20] [--json out.json]
+//   gradzip_cuda_codecs_bench [--sizes 25000000,100000000] [--iters 20] [--json out.json] [--codecs a;b]
 //
 // For each size: the D2D copy (cudaMemcpyAsync, bytes read + written), then for each codec the median time of encode
 // and of decode-accumulate (CUDA events around each call, after warm-up), the bytes each must move (encode: the
@@ -54,7 +54,7 @@ double median_ms(int iters, F&& f) {
 int main(int argc, char** argv) {
   std::vector<std::size_t> sizes = {25'000'000, 100'000'000};
   int iters = 20;
-  std::string json;
+  std::string json, only;  // --codecs "topk:ratio=0.01;sign": only these (';'-separated)
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--sizes") {
@@ -69,6 +69,8 @@ int main(int argc, char** argv) {
       iters = std::stoi(v);
     } else if (k == "--json") {
       json = v;
+    } else if (k == "--codecs") {
+      only = ";" + v + ";";
     }
   }
   if (!cuda_available()) {
@@ -105,6 +107,7 @@ int main(int argc, char** argv) {
                   out.size() > 1 ? "," : "", n, copy_ms, copy_gbs);
     out += buf;
     for (const char* spec : specs) {
+      if (!only.empty() && only.find(";" + std::string(spec) + ";") == std::string::npos) continue;
       auto codec = parse_compressor(spec);
       const Compressor& cd = **codec;
       const std::size_t ws_bytes = cd.workspace_bytes(n, Device::kCuda);

@@ -49,6 +49,9 @@ std::vector<float> random_input(std::size_t n, std::uint32_t seed, int kind) {
   } else if (kind == 2) {  // wide dynamic range incl. tiny values
     std::uniform_int_distribution<int> ex(-30, 10);
     for (auto& v : x) v = std::ldexp(v, ex(rng));
+  } else if (kind == 3) {  // defeats Top-K's strided sample: large values exactly at the sampled positions
+    const std::size_t stride = n / 4096 > 0 ? n / 4096 : 1;
+    for (std::size_t i = 0; i < n; ++i) x[i] = i % stride == 0 ? 10.0f + std::fabs(x[i]) : 1e-3f * x[i];
   }
   return x;
 }
@@ -145,6 +148,15 @@ TEST(CudaCodecs, MatchCpuBitwiseAtOddSizes) {
 TEST(CudaCodecs, MisalignedInputs) {
   REQUIRE_GPU();
   for (const char* spec : kSpecs) compare_spec(spec, 100003, 0, 1);
+}
+
+TEST(CudaCodecs, TopKUnluckySampleFallsBackToEveryIndex) {
+  REQUIRE_GPU();
+  // The sample sees only the ~4096 large values, so fewer than k candidates pass its threshold: the device must
+  // fall back to every index and still select exactly the CPU's k (1% of n > 4096 here).
+  compare_spec("topk:ratio=0.01", (1u << 20) + 3, 3, 0);
+  compare_spec("topk:ratio=0.01", 3'000'017, 3, 1);
+  compare_spec("topk:ratio=0.002", 5'000'000, 3, 0);
 }
 
 TEST(CudaCodecs, LargeTopKMatchesCpu) {

@@ -5,12 +5,14 @@
 // Top-K encode (exact, same selection as the CPU: |x| bits descending, ties to the lower index):
 //  1. a deterministic strided sample of 4096 magnitudes, sorted in one block, gives a threshold t a little below the
 //     estimated k-th largest (or 0);
-//  2. one pass over x (cub::DeviceSelect::FlaggedIf, order preserving) keeps the indices with |x| bits >= t and
-//     writes each kept (index, key) pair itself (an output iterator; no separate gather); if fewer than k survive (an
-//     unrepresentative sample), every index is a candidate (decided on the device, no host sync);
-//  3. three radix-select rounds (11 + 10 + 10 bits; warp-aggregated shared-memory histograms, each round's find
-//     kernel clears the bins for the next) over the candidates' keys find the exact k-th largest key K and how
-//     many of the elements equal to K to keep (the lowest-index ones);
+//  2. one pass over x (select_kernel: a block per 4096-float tile, 16-byte loads, one block scan) writes each tile's
+//     candidates |x| bits >= t as (index, value bits) in index order into the tile's own segment; the last block
+//     to finish scans the tile counts; if fewer than k survive (an unrepresentative sample), every index is a
+//     candidate (decided on the device, no host sync); compact_kernel copies the segments densely (a warp per tile)
+//     and builds the first radix histogram on the way;
+//  3. three radix-select rounds (11 + 10 + 10 bits; warp-aggregated shared-memory histograms; the last block of each
+//     histogram kernel finds the digit and clears the bins for the next round) over the candidates' keys find the
+//     exact k-th largest key K and how many of the elements equal to K to keep (the lowest-index ones);
 //  4. an order-preserving filter (per-block counts; then each writing block sums the earlier blocks' counts) keeps
 //     exactly k entries in ascending index order;
 //  5. a word-parallel packer writes the body.
@@ -30,6 +32,8 @@
 #include <cub/device/device_select.cuh>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "common.cuh"
 
@@ -59,6 +63,7 @@ struct TopkState {
   std::uint32_t mask;        // which bits of prefix are decided
   std::uint32_t rank;        // 1-based rank still wanted among keys matching prefix
   std::uint32_t all;         // fallback: every index is a candidate
+  std::uint32_t done[4];     // last-block tickets: select, compact, radix rounds 2 and 3 (zeroed by sample_kernel)
 };
 
 /// Output functor of the select: a kept index becomes (index, x bits) in the (cidx, ckey) zip. ckey holds the raw
@@ -74,7 +79,12 @@ struct GeThreshold {
   __device__ __forceinline__ bool operator()(float v) const { return key_of(v) >= __ldg(t); }
 };
 
-__global__ void sample_kernel(const float* x, std::size_t d, std::size_t j, TopkState* st) {
+__global__ void sample_kernel(const float* x, std::size_t d, std::size_t j, bool use, TopkState* st) {
+  if (threadIdx.x < 4) st->done[threadIdx.x] = 0;
+  if (!use) {
+    if (threadIdx.x == 0) st->t = 0;
+    return;
+  }
   using Sort = cub::BlockRadixSort<std::uint32_t, 256, kSample / 256>;
   __shared__ typename Sort::TempStorage tmp;
   __shared__ std::uint32_t chosen;
@@ -115,8 +125,65 @@ __global__ void gather_keys_kernel(const float* x, TopkState* st, std::uint32_t*
     ckey[i] = __float_as_uint(x[idx]);
   }
 }
-__global__ void radix_hist_kernel(const std::uint32_t* ckey, const TopkState* st, int shift, std::uint32_t digit_mask,
-                                  std::uint32_t* hist) {
+/// Every block calls this once (all threads) after its global writes; true in the block that arrives last, which
+/// then sees every other block's writes (threadfence-reduction pattern).
+__device__ __forceinline__ bool last_block(std::uint32_t* ticket) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+  __syncthreads();
+  return last;
+}
+/// Adds the key's digit to a shared histogram, one shared atomic per distinct bin in the warp; every lane calls it.
+__device__ __forceinline__ void hist_add(std::uint32_t* h, bool active, std::uint32_t key, int shift,
+                                         std::uint32_t digit_mask) {
+  const std::uint32_t bin = active ? (key >> shift) & digit_mask : 0xffffffffu;
+  const unsigned peers = __match_any_sync(0xffffffffu, bin);
+  if (active && (__ffs(peers) - 1) == static_cast<int>(threadIdx.x & 31u))
+    atomicAdd(&h[bin], static_cast<unsigned>(__popc(peers)));
+}
+/// radix_find_kernel's work done by one block of kThreads (the last block of a histogram kernel): finds the digit
+/// holding rank st->rank counting from the largest digit, and clears the bins it read.
+__device__ void radix_find_block(std::uint32_t* hist, TopkState* st, int shift, std::uint32_t digit_mask) {
+  using Scan = cub::BlockScan<std::uint32_t, kThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  const unsigned t = threadIdx.x;
+  const unsigned bins = digit_mask + 1;  // 1024 or 2048
+  const unsigned per = bins / kThreads;  // 4 or 8
+  std::uint32_t c[8];
+  std::uint32_t sum = 0;
+#pragma unroll
+  for (unsigned q = 0; q < 8; ++q) {
+    c[q] = 0;
+    if (q < per) {
+      std::uint32_t* b = hist + (bins - 1 - (t * per + q));
+      c[q] = __ldcg(b);
+      *b = 0;
+      sum += c[q];
+    }
+  }
+  const std::uint32_t r = st->rank;
+  std::uint32_t before = 0;
+  Scan(tmp).ExclusiveSum(sum, before);
+  __syncthreads();
+  std::uint32_t acc = before;
+#pragma unroll
+  for (unsigned q = 0; q < 8; ++q) {
+    if (q < per) {
+      if (r > acc && r <= acc + c[q]) {
+        const std::uint32_t digit = bins - 1 - (t * per + q);
+        st->prefix |= digit << shift;
+        st->mask |= digit_mask << shift;
+        st->rank = r - acc;
+      }
+      acc += c[q];
+    }
+  }
+}
+/// With a ticket, the last block also runs the round's find (no separate radix_find_kernel launch).
+__global__ void radix_hist_kernel(const std::uint32_t* ckey, TopkState* st, int shift, std::uint32_t digit_mask,
+                                  std::uint32_t* hist, std::uint32_t* ticket) {
   __shared__ std::uint32_t h[2048];
   for (unsigned b = threadIdx.x; b < 2048; b += blockDim.x) h[b] = 0;
   __syncthreads();
@@ -136,6 +203,8 @@ __global__ void radix_hist_kernel(const std::uint32_t* ckey, const TopkState* st
   __syncthreads();
   for (unsigned b = threadIdx.x; b <= digit_mask; b += blockDim.x)
     if (h[b]) atomicAdd(&hist[b], h[b]);
+  if (ticket == nullptr || !last_block(ticket)) return;
+  radix_find_block(hist, st, shift, digit_mask);
 }
 /// One block of 1024 threads: finds the digit holding rank st->rank counting from the largest digit.
 __global__ void radix_find_kernel(std::uint32_t* hist, TopkState* st, int shift, std::uint32_t digit_mask) {
@@ -165,6 +234,154 @@ __global__ void radix_find_kernel(std::uint32_t* hist, TopkState* st, int shift,
     acc += c[q];
   }
 }
+/// The candidate pass of the fast path: block b reads tile b of x (kTile floats, 16-byte loads when x is aligned)
+/// and writes its candidates |x| bits >= t, in index order, to its own segment sidx/skey[b * kTile ...] and their
+/// number to seg_count[b]. The last block scans the counts into seg_off, sets up the radix select (count, fallback,
+/// rank) and zeroes the histogram.
+constexpr unsigned kSelVec = 4;                                                  // float4 loads per thread
+constexpr std::size_t kTile = static_cast<std::size_t>(kThreads) * kSelVec * 4;  // floats per select block
+__global__ void __launch_bounds__(kThreads)
+    select_kernel(const float* x, std::size_t d, bool vec, TopkState* st, std::uint32_t* sidx, std::uint32_t* skey,
+                  std::uint32_t* seg_count, std::uint32_t* seg_off, std::size_t k, std::uint32_t* hist) {
+  using Scan = cub::BlockScan<unsigned long long, kThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  const std::uint32_t t = st->t;
+  const std::size_t base = blockIdx.x * kTile;
+  float v[kSelVec][4];
+#pragma unroll
+  for (unsigned q = 0; q < kSelVec; ++q) {
+    const std::size_t i = base + (static_cast<std::size_t>(q) * kThreads + threadIdx.x) * 4;
+    if (vec && i + 4 <= d) {
+      const float4 f = __ldg(reinterpret_cast<const float4*>(x + i));
+      v[q][0] = f.x;
+      v[q][1] = f.y;
+      v[q][2] = f.z;
+      v[q][3] = f.w;
+    } else {
+#pragma unroll
+      for (unsigned c = 0; c < 4; ++c) v[q][c] = i + c < d ? x[i + c] : 0.0f;
+    }
+  }
+  // Element (q, thread, c) is x[base + (q * kThreads + thread) * 4 + c]: index order is q, then thread, then c. One
+  // scan of four 16-bit per-row counts gives every row's offsets.
+  unsigned m[kSelVec];
+  unsigned long long packed = 0;
+#pragma unroll
+  for (unsigned q = 0; q < kSelVec; ++q) {
+    const std::size_t i = base + (static_cast<std::size_t>(q) * kThreads + threadIdx.x) * 4;
+    m[q] = 0;
+#pragma unroll
+    for (unsigned c = 0; c < 4; ++c)
+      if (i + c < d && key_of(v[q][c]) >= t) m[q] |= 1u << c;
+    packed |= static_cast<unsigned long long>(__popc(m[q])) << (16 * q);
+  }
+  unsigned long long before = 0, total = 0;
+  Scan(tmp).ExclusiveSum(packed, before, total);
+  std::uint32_t row = 0;
+#pragma unroll
+  for (unsigned q = 0; q < kSelVec; ++q) {
+    const std::size_t i = base + (static_cast<std::size_t>(q) * kThreads + threadIdx.x) * 4;
+    std::uint32_t pos = row + static_cast<std::uint32_t>((before >> (16 * q)) & 0xffffu);
+#pragma unroll
+    for (unsigned c = 0; c < 4; ++c) {
+      if ((m[q] >> c) & 1u) {
+        sidx[base + pos] = static_cast<std::uint32_t>(i + c);
+        skey[base + pos] = __float_as_uint(v[q][c]);
+        ++pos;
+      }
+    }
+    row += static_cast<std::uint32_t>((total >> (16 * q)) & 0xffffu);
+  }
+  if (threadIdx.x == 0) seg_count[blockIdx.x] = row;
+  if (!last_block(&st->done[0])) return;
+
+  // Last block: exclusive scan of the segment counts, kPer consecutive counts per thread.
+  constexpr unsigned kPer = 16;
+  using Scan32 = cub::BlockScan<std::uint32_t, kThreads>;
+  __shared__ typename Scan32::TempStorage tmp32;
+  __shared__ std::uint32_t running;
+  if (threadIdx.x == 0) running = 0;
+  __syncthreads();
+  const std::size_t nseg = gridDim.x;
+  for (std::size_t c0 = 0; c0 < nseg; c0 += static_cast<std::size_t>(kThreads) * kPer) {
+    std::uint32_t vals[kPer];
+    std::uint32_t sum = 0;
+    const std::size_t first = c0 + static_cast<std::size_t>(threadIdx.x) * kPer;
+#pragma unroll
+    for (unsigned p = 0; p < kPer; ++p) {
+      vals[p] = first + p < nseg ? __ldcg(seg_count + first + p) : 0u;
+      sum += vals[p];
+    }
+    std::uint32_t ex = 0, tot = 0;
+    Scan32(tmp32).ExclusiveSum(sum, ex, tot);
+    std::uint32_t acc = running + ex;
+#pragma unroll
+    for (unsigned p = 0; p < kPer; ++p) {
+      if (first + p < nseg) seg_off[first + p] = acc;
+      acc += vals[p];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) running += tot;
+    __syncthreads();
+  }
+  for (unsigned b = threadIdx.x; b < 2048; b += blockDim.x) hist[b] = 0;
+  if (threadIdx.x == 0) {
+    st->count = running;
+    st->all = st->count < k ? 1u : 0u;
+    st->nc = st->all ? d : st->count;
+    st->prefix = 0;
+    st->mask = 0;
+    st->rank = static_cast<std::uint32_t>(k);
+  }
+}
+/// Copies the segments into the dense candidate arrays cidx/ckey (a warp per segment; in the fallback every index),
+/// builds the first radix round's histogram on the way, and its last block runs that round's find.
+__global__ void __launch_bounds__(kThreads)
+    compact_kernel(const float* x, std::size_t d, TopkState* st, const std::uint32_t* sidx, const std::uint32_t* skey,
+                   const std::uint32_t* seg_count, const std::uint32_t* seg_off, std::size_t nseg, std::uint32_t* cidx,
+                   std::uint32_t* ckey, std::uint32_t* hist) {
+  constexpr int kShift = 20;
+  constexpr std::uint32_t kMask = 0x7ffu;
+  __shared__ std::uint32_t h[2048];
+  for (unsigned b = threadIdx.x; b < 2048; b += blockDim.x) h[b] = 0;
+  __syncthreads();
+  if (st->all) {
+    for (std::size_t b0 = blockIdx.x * static_cast<std::size_t>(blockDim.x); b0 < d; b0 += nthreads()) {
+      const std::size_t i = b0 + threadIdx.x;
+      const bool active = i < d;
+      const std::uint32_t raw = active ? __float_as_uint(x[i]) : 0u;
+      if (active) {
+        cidx[i] = static_cast<std::uint32_t>(i);
+        ckey[i] = raw;
+      }
+      hist_add(h, active, raw & 0x7fffffffu, kShift, kMask);
+    }
+  } else {
+    const unsigned lane = threadIdx.x & 31u, warps = blockDim.x / 32;
+    for (std::size_t seg = blockIdx.x * static_cast<std::size_t>(warps) + threadIdx.x / 32; seg < nseg;
+         seg += static_cast<std::size_t>(gridDim.x) * warps) {
+      const std::uint32_t n = seg_count[seg], off = seg_off[seg];
+      const std::size_t src = seg * kTile;
+      for (std::uint32_t j0 = 0; j0 < n; j0 += 32) {
+        const std::uint32_t j = j0 + lane;
+        const bool active = j < n;
+        std::uint32_t raw = 0;
+        if (active) {
+          raw = skey[src + j];
+          cidx[off + j] = sidx[src + j];
+          ckey[off + j] = raw;
+        }
+        hist_add(h, active, raw & 0x7fffffffu, kShift, kMask);
+      }
+    }
+  }
+  __syncthreads();
+  for (unsigned b = threadIdx.x; b < 2048; b += blockDim.x)
+    if (h[b]) atomicAdd(&hist[b], h[b]);
+  if (!last_block(&st->done[1])) return;
+  radix_find_block(hist, st, kShift, kMask);
+}
+
 /// Per-block counts of (key > K, key == K) over the block's slice of candidates.
 __global__ void filter_count_kernel(const std::uint32_t* ckey, const TopkState* st, unsigned long long* counts) {
   using Reduce = cub::BlockReduce<unsigned long long, kThreads>;
@@ -455,7 +672,9 @@ std::size_t randk_workspace(std::size_t d, std::size_t k) {
   return 6 * Scratch::round(4 * k) + 3 * Scratch::round(4 * ((d + 31) / 32)) + (1u << 20);
 }
 
-Status topk_encode(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex) {
+namespace {
+
+Status topk_encode_cub(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex) {
   const std::size_t d = x.size();
   const cudaStream_t s = stream_of(ex);
   const bool bitmap = use_bitmap(d, k);
@@ -499,12 +718,8 @@ Status topk_encode(std::size_t k, Span<const float> x, MutableBytes body, std::s
     const double q = static_cast<double>(k) * kSample / static_cast<double>(d);
     j = static_cast<std::size_t>(q + 4.0 * std::sqrt(q) + 16.0);
   }
-  if (j < static_cast<std::size_t>(kSample)) {
-    sample_kernel<<<1, 256, 0, s>>>(x.data(), d, j, st);
-    GZ_CUDA_LAUNCH_CHECK();
-  } else {
-    GZ_CUDA_CHECK(cudaMemsetAsync(&st->t, 0, sizeof(std::uint32_t), s));
-  }
+  sample_kernel<<<1, 256, 0, s>>>(x.data(), d, j, j < static_cast<std::size_t>(kSample), st);
+  GZ_CUDA_LAUNCH_CHECK();
   // 2. candidates |x| >= t in index order.
   GZ_CUDA_CHECK(run_select(sel_tmp, sel_bytes, cidx, ckey, &st->count, &st->t));
   topk_setup_kernel<<<1, 256, 0, s>>>(st, d, k, hist);
@@ -516,7 +731,7 @@ Status topk_encode(std::size_t k, Span<const float> x, MutableBytes body, std::s
   const int shifts[3] = {20, 10, 0};
   const std::uint32_t masks[3] = {0x7ffu, 0x3ffu, 0x3ffu};
   for (int round = 0; round < 3; ++round) {
-    radix_hist_kernel<<<persistent, kThreads, 0, s>>>(ckey, st, shifts[round], masks[round], hist);
+    radix_hist_kernel<<<persistent, kThreads, 0, s>>>(ckey, st, shifts[round], masks[round], hist, nullptr);
     GZ_CUDA_LAUNCH_CHECK();
     radix_find_kernel<<<1, 1024, 0, s>>>(hist, st, shifts[round], masks[round]);
     GZ_CUDA_LAUNCH_CHECK();
@@ -532,6 +747,78 @@ Status topk_encode(std::size_t k, Span<const float> x, MutableBytes body, std::s
   GZ_CUDA_LAUNCH_CHECK();
   *body_bytes = bytes;
   return Status::Ok();
+}
+
+/// The default Top-K encode: sample, our own candidate pass (select_kernel), compaction + radix round 1, rounds 2-3,
+/// filter, pack (8 launches, no CUB device-wide select). GRADZIP_TOPK_SELECT=cub picks topk_encode_cub (the previous
+/// path, same output) for comparisons.
+Status topk_encode_fast(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes,
+                        const Exec& ex) {
+  const std::size_t d = x.size();
+  const cudaStream_t s = stream_of(ex);
+  const bool bitmap = use_bitmap(d, k);
+  const int ib = index_bits(d);
+  const std::size_t bytes = bits_to_bytes(bitmap ? d + 32ull * k : k * (32ull + ib));
+  const std::size_t nseg = (d + kTile - 1) / kTile;
+  Scratch sc;
+  GZ_RETURN_IF_ERROR(sc.init(4 * Scratch::round(4 * d) + 2 * Scratch::round(4 * k) + Scratch::round(sizeof(TopkState)) +
+                                 Scratch::round(2048 * 4) + Scratch::round(8 * kFilterBlocks) +
+                                 2 * Scratch::round(4 * nseg),
+                             ex));
+  std::uint32_t* cidx = sc.take<std::uint32_t>(d);
+  std::uint32_t* ckey = sc.take<std::uint32_t>(d);
+  std::uint32_t* sidx = sc.take<std::uint32_t>(d);
+  std::uint32_t* skey = sc.take<std::uint32_t>(d);
+  std::uint32_t* kidx = sc.take<std::uint32_t>(k);
+  std::uint32_t* kval = sc.take<std::uint32_t>(k);
+  TopkState* st = sc.take<TopkState>(1);
+  std::uint32_t* hist = sc.take<std::uint32_t>(2048);
+  unsigned long long* counts = sc.take<unsigned long long>(kFilterBlocks);
+  std::uint32_t* seg_count = sc.take<std::uint32_t>(nseg);
+  std::uint32_t* seg_off = sc.take<std::uint32_t>(nseg);
+
+  // 1. threshold from the sample (0 when the sample cannot help); zeroes the last-block tickets.
+  std::size_t j = kSample;
+  if (d > 2 * static_cast<std::size_t>(kSample)) {
+    const double q = static_cast<double>(k) * kSample / static_cast<double>(d);
+    j = static_cast<std::size_t>(q + 4.0 * std::sqrt(q) + 16.0);
+  }
+  sample_kernel<<<1, 256, 0, s>>>(x.data(), d, j, j < static_cast<std::size_t>(kSample), st);
+  GZ_CUDA_LAUNCH_CHECK();
+  // 2. candidates |x| >= t per tile, in index order; the last block scans the tile counts and sets up the select.
+  select_kernel<<<static_cast<unsigned>(nseg), kThreads, 0, s>>>(x.data(), d, aligned(x.data(), 16), st, sidx, skey,
+                                                                 seg_count, seg_off, k, hist);
+  GZ_CUDA_LAUNCH_CHECK();
+  // 3. dense candidates (or every index in the fallback) + radix round 1; rounds 2 and 3.
+  const unsigned persistent = 132 * 8;
+  compact_kernel<<<persistent, kThreads, 0, s>>>(x.data(), d, st, sidx, skey, seg_count, seg_off, nseg, cidx, ckey,
+                                                 hist);
+  GZ_CUDA_LAUNCH_CHECK();
+  radix_hist_kernel<<<persistent, kThreads, 0, s>>>(ckey, st, 10, 0x3ffu, hist, &st->done[2]);
+  GZ_CUDA_LAUNCH_CHECK();
+  radix_hist_kernel<<<persistent, kThreads, 0, s>>>(ckey, st, 0, 0x3ffu, hist, &st->done[3]);
+  GZ_CUDA_LAUNCH_CHECK();
+  // 4. order-preserving filter down to exactly k.
+  filter_count_kernel<<<kFilterBlocks, kThreads, 0, s>>>(ckey, st, counts);
+  GZ_CUDA_LAUNCH_CHECK();
+  filter_write_kernel<<<kFilterBlocks, kThreads, 0, s>>>(cidx, ckey, st, counts, kidx, kval);
+  GZ_CUDA_LAUNCH_CHECK();
+  // 5. pack.
+  pack_kernel<<<grid_for((bytes + 3) / 4, kThreads), kThreads, 0, s>>>(kidx, kval, k, d, ib, bitmap, body.data(),
+                                                                       bytes);
+  GZ_CUDA_LAUNCH_CHECK();
+  *body_bytes = bytes;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status topk_encode(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex) {
+  static const bool use_cub = [] {
+    const char* v = std::getenv("GRADZIP_TOPK_SELECT");
+    return v != nullptr && std::strcmp(v, "cub") == 0;
+  }();
+  return use_cub ? topk_encode_cub(k, x, body, body_bytes, ex) : topk_encode_fast(k, x, body, body_bytes, ex);
 }
 
 Status topk_decode(std::size_t k, const PayloadHeader& expect, ConstBytes body, Span<float> y, DecodeMode mode,

@@ -63,6 +63,7 @@ class BucketState:
     slot: int
     eta: float
     steps: int = 0
+    gathered: Optional[torch.Tensor] = None  # world * slot bytes, reused every step (stream-ordered)
 
 
 class CudaPath:
@@ -73,6 +74,7 @@ class CudaPath:
         self.seed = seed
         self.check_every = check_every
         self.buckets: Dict[int, BucketState] = {}
+        self._gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
     def _state(self, index: int, buf: torch.Tensor) -> BucketState:
         st = self.buckets.get(index)
@@ -128,9 +130,10 @@ class CudaPath:
             return fut.then(first)
         written = int(torch.ops.gradzip.cuda_step(buf, st.e, st.h, st.scratch, st.out, st.status, self.compressor,
                                                   self.kind, st.eta, self.seed, step, rank, index))
-        gathered = torch.empty(world * st.slot, dtype=torch.uint8, device=buf.device)
-        fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        fut = fn(gathered, st.out, group=group, async_op=True).get_future()
+        gathered = st.gathered
+        if gathered is None or gathered.numel() != world * st.slot:
+            gathered = st.gathered = torch.empty(world * st.slot, dtype=torch.uint8, device=buf.device)
+        fut = self._gather(gathered, st.out, group=group, async_op=True).get_future()
         st.steps += 1
         m["payload_bytes"] = float(written)
         m["bytes_sent"] = float(st.slot)
