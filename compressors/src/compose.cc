@@ -32,6 +32,12 @@
 //   - anything else: kBiased.
 // Deterministic iff both stages are. Not linear.
 //
+// CUDA: has_cuda() when the sparsifier is Top-K and the quantizer has kernels (Rand-K's subset key rule is private to
+// randk.cc, so compose(randk, ...) stays on the host path). Encode: Top-K's device selection, the index section by a
+// kernel, then the quantizer's own device encode of the k kept values (its header written on the device); decode:
+// the outer header, the index section and the nested payload validated on the device, y written only when all of it
+// passed (detail::cuda::compose_*). Bit-exact with the CPU path.
+//
 // Errors: make_compose: kInvalidArgument naming both specs when the first stage is not a sparsifier or the second is
 // a sparsifier, a composition or lowrank. encode: the stages' own errors (k > d, non-finite scaled values, ...).
 // decode: kInvalidPayload for flags/params not matching (form, k, quantizer id), indices not ascending or >= d, a
@@ -40,6 +46,10 @@
 #include <cstring>
 
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 
 namespace gradzip {
 
@@ -106,6 +116,44 @@ class Compose final : public Compressor {
     const std::size_t k = sel_->k_for(numel);
     return kHeaderBytes + index_form(numel, k).bytes + q_->max_encoded_bytes(k);
   }
+
+#if GRADZIP_HAS_CUDA
+  bool has_cuda() const override {
+    return sp_->codec_id() == static_cast<std::uint16_t>(CodecId::kTopK) && sp_->has_cuda() && q_->has_cuda();
+  }
+
+ protected:
+  Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
+                     const Exec& ex) const override {
+    if (!has_cuda())
+      return Status::Unsupported("compose.encode: no CUDA kernel for '", spec(),
+                                 "' (the device path needs topk and a quantizer with CUDA kernels)");
+    const std::size_t d = x.size();
+    const std::size_t k = sel_->k_for(d);
+    const IndexForm f = index_form(d, k);
+    GZ_RETURN_IF_ERROR(detail::cuda::compose_topk_encode(k, f.bitmap, f.bytes, *q_, x, body, body_bytes, ex));
+    h.flags = f.bitmap ? kFlagBitmap : 0u;
+    h.param0 = static_cast<std::uint32_t>(k);
+    h.param1 = q_->codec_id();
+    return Status::Ok();
+  }
+  Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                     const Exec& ex) const override {
+    if (!has_cuda())
+      return Status::Unsupported("compose.decode: no CUDA kernel for '", spec(),
+                                 "' (the device path needs topk and a quantizer with CUDA kernels)");
+    const std::size_t d = y.size();
+    const std::size_t k = sel_->k_for(d);
+    const IndexForm f = index_form(d, k);
+    PayloadHeader e = h;
+    e.flags = f.bitmap ? kFlagBitmap : 0u;
+    e.param0 = static_cast<std::uint32_t>(k);
+    e.param1 = q_->codec_id();
+    // The quantizers with CUDA kernels have fixed-size payloads: max_encoded_bytes(k) is the exact nested size.
+    e.body_bytes = static_cast<std::uint32_t>(f.bytes + q_->max_encoded_bytes(k));
+    return detail::cuda::compose_decode(k, f.bitmap, f.bytes, *q_, e, body, y, mode, scale, ex);
+  }
+#endif
 
  protected:
   Status check_numel(std::size_t numel) const override {

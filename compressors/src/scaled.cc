@@ -10,10 +10,18 @@
 // class checks the bit against required_wrapper_flags()). Decode clears the bit in a copy of the header and
 // calls the inner decoder with scale * 1/(omega + 1); the inner codec validates everything else.
 //
+// CUDA (when the inner codec has kernels): encode = the inner encode_cuda, then the base class writes the header
+// with bit 31 from the device; decode = the inner decode_cuda, whose kernels expect bit 31 in the payload's flags
+// (detail::cuda::ScopedWrapperFlags) and validate the header on the device as for the plain codec.
+//
 // Determinism and randomness: those of the inner codec (it receives the same Exec). Thread-safety: const; the
 // inner codec is shared, immutable. Errors: kInvalidArgument when the inner codec is null or not unbiased
 // (naming its spec); otherwise the inner codec's errors; kInvalidPayload for a payload without bit 31.
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/codecs_cuda.h"
+#endif
 
 namespace gradzip {
 
@@ -38,6 +46,7 @@ class ScaledUnbiased final : public Compressor {
   }
   std::size_t max_encoded_bytes(std::size_t numel) const override { return inner_->max_encoded_bytes(numel); }
   std::size_t workspace_bytes(std::size_t numel, Device d) const override { return inner_->workspace_bytes(numel, d); }
+  bool has_cuda() const override { return inner_->has_cuda(); }
 
  protected:
   Status check_numel(std::size_t numel) const override { return inner_->check_numel(numel); }
@@ -63,9 +72,16 @@ class ScaledUnbiased final : public Compressor {
                      const Exec& ex) const override {
     PayloadHeader inner_h = h;
     inner_h.flags &= ~kFlagScaledWrapper;
+#if GRADZIP_HAS_CUDA
+    // The payload's header carries bit 31; the inner decoder's kernels compare the whole header with the one it
+    // expects, so they add the bit to their expected flags for this call (on the device, no host round trip).
+    detail::cuda::ScopedWrapperFlags wrapped(kFlagScaledWrapper);
+#endif
     return inner_->decode_cuda(inner_h, body, y, mode, inner_scale(scale, y.size()), ex);
   }
-  std::uint32_t required_wrapper_flags() const override { return kFlagScaledWrapper; }
+  std::uint32_t required_wrapper_flags() const override {
+    return kFlagScaledWrapper;
+  }
 
  private:
   float inner_scale(float scale, std::size_t numel) const {

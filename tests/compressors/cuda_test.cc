@@ -75,7 +75,15 @@ const char* kSpecs[] = {"identity",
                         "topk:ratio=0.3",
                         "topk:k=1",
                         "randk:ratio=0.05",
-                        "randk:ratio=0.2,shared=0,mode=contractive"};
+                        "randk:ratio=0.2,shared=0,mode=contractive",
+                        "scaled(natural)",
+                        "scaled(qsgd:levels=7)",
+                        "scaled(randk:ratio=0.05)",
+                        "scaled(randk:ratio=0.2,shared=0)",
+                        "topk:ratio=0.01+qsgd:levels=7",
+                        "topk:ratio=0.3+natural",
+                        "topk:k=1+sign",
+                        "topk:ratio=0.05+fp16"};
 const std::size_t kSizes[] = {1, 7, 33, 4095, 4097, 100003, (1u << 20) + 3};
 
 void compare_spec(const std::string& spec, std::size_t n, int kind, std::size_t x_off) {
@@ -220,7 +228,10 @@ TEST(CudaCodecs, BodyCorruptionIsReported) {
     std::uint8_t v;
   };
   const std::size_t n = 1000;
-  for (const Case& k : {Case{"topk:k=3", 1, 0xff}, Case{"natural", 200, 0xff}, Case{"qsgd:levels=5", 10, 0xff}}) {
+  // compose: padding bits after a 3 x 10-bit index list, the nested payload's magic, a bitmap with more than k bits.
+  for (const Case& k : {Case{"topk:k=3", 1, 0xff}, Case{"natural", 200, 0xff}, Case{"qsgd:levels=5", 10, 0xff},
+                        Case{"scaled(natural)", 200, 0xff}, Case{"topk:k=3+qsgd:levels=5", 3, 0xff},
+                        Case{"topk:k=3+qsgd:levels=5", 4, 0x00}, Case{"topk:ratio=0.3+natural", 0, 0xff}}) {
     SCOPED_TRACE(k.spec);
     auto codec = parse_compressor(k.spec);
     const Compressor& c = **codec;
@@ -239,9 +250,48 @@ TEST(CudaCodecs, BodyCorruptionIsReported) {
     Dev<std::uint8_t> dp(bad.size());
     dp.put(bad);
     Dev<float> dy(n);
+    ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
     EXPECT_EQ(c.decode(ConstBytes(dp.p, bad.size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu).code(),
               StatusCode::kInvalidPayload);
+    if (std::string(k.spec).find('+') != std::string::npos) {  // compose writes y only after full validation
+      const auto y = dy.get(n);
+      for (float v : y) ASSERT_EQ(v, 0.0f);
+    }
   }
+}
+
+// scaled() payloads carry header flag bit 31: the device decoders of the plain codec and of the wrapper each reject
+// the other's payload (as on the CPU), with y untouched; and compose(randk, ...) has no device path yet.
+TEST(CudaCodecs, ScaledFlagAndComposeCoverage) {
+  REQUIRE_GPU();
+  const std::size_t n = 4097;
+  const std::vector<float> x = random_input(n, 11, 0);
+  Exec cpu;
+  Exec gpu;
+  gpu.device = Device::kCuda;
+  for (const char* inner : {"natural", "qsgd:levels=7", "randk:ratio=0.05"}) {
+    SCOPED_TRACE(inner);
+    auto plain = parse_compressor(inner);
+    auto wrapped = parse_compressor(std::string("scaled(") + inner + ")");
+    ASSERT_TRUE(plain.ok() && wrapped.ok());
+    for (int which = 0; which < 2; ++which) {
+      const Compressor& enc = which == 0 ? **plain : **wrapped;
+      const Compressor& dec = which == 0 ? **wrapped : **plain;
+      auto pay = enc.encode(Span<const float>(x.data(), n), cpu);
+      ASSERT_TRUE(pay.ok());
+      Dev<std::uint8_t> dp(pay->size());
+      dp.put(*pay);
+      Dev<float> dy(n);
+      ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
+      Status s = dec.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
+      EXPECT_EQ(s.code(), StatusCode::kInvalidPayload) << s.to_string();
+      const auto y = dy.get(n);
+      for (float v : y) ASSERT_EQ(v, 0.0f);
+    }
+  }
+  EXPECT_FALSE((*parse_compressor("randk:ratio=0.05+qsgd:levels=7"))->has_cuda());
+  EXPECT_FALSE((*parse_compressor("topk:ratio=0.05+qsgd:levels=7,coding=elias"))->has_cuda());
+  EXPECT_FALSE((*parse_compressor("scaled(qsgd:levels=7,coding=elias)"))->has_cuda());
 }
 
 TEST(CudaCodecs, EncodeErrors) {
@@ -272,7 +322,8 @@ TEST(CudaCodecs, EncodeErrors) {
 TEST(CudaFeedback, StepsMatchCpuRules) {
   REQUIRE_GPU();
   const std::size_t n = 300007;
-  for (const char* spec : {"topk:ratio=0.01", "sign", "qsgd:levels=7", "randk:ratio=0.05"}) {
+  for (const char* spec : {"topk:ratio=0.01", "sign", "qsgd:levels=7", "randk:ratio=0.05", "scaled(qsgd:levels=7)",
+                           "topk:ratio=0.01+qsgd:levels=7"}) {
     SCOPED_TRACE(spec);
     auto codec = parse_compressor(spec);
     const Compressor& c = **codec;

@@ -4,9 +4,12 @@
 #   2. ctest -L gpu (CUDA codecs vs the CPU reference bit for bit, poisoned outputs, odd sizes, misaligned buffers,
 #      corrupted payloads, device feedback steps; the NCCL communicator);
 #   3. the torch extension built against the CUDA torch, and the CUDA pytest suite (tests/torch_ext/test_cuda.py);
-#   4. benchmarks: codec bandwidth vs a D2D copy, Top-K vs torch.topk, DDP step (no hook / gradzip / PowerSGD).
+#   4. benchmarks: codec bandwidth vs a D2D copy, Top-K vs torch.topk, DDP step (no hook / gradzip / PowerSGD);
+#   5. (stage fedsim, not in all) the federated simulator over torch.distributed NCCL (torchrun, 1 process) vs the
+#      single-process run of the same config: rounds.csv bytes equal, losses equal to 1e-5 (compare_fedsim.py).
 # Results go to $OUT (or ./gpu-out): ctest/pytest logs, cuda_codecs.json, torch_bench.json.
-#   tests/gpu/run_gpu_checks.sh [cpp|torch|bench|all]...      (default: all)
+#   tests/gpu/run_gpu_checks.sh [cpp|torch|bench|fedsim|all]...      (default: all; fedsim needs the torch stage's
+#   install, in this call or an earlier one on the same machine)
 # GoogleTest is taken from the system, or from GTEST_ROOT (e.g. a carried copy of libgtest.a + headers).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -48,5 +51,15 @@ if want bench; then
   if "$PY" -c "import gradzip" 2>/dev/null; then
     "$PY" benchmarks/cuda/bench_torch.py --out "$OUT/torch_bench.json" 2>&1 | tee "$OUT/torch_bench.txt"
   fi
+fi
+if [[ " $stages " == *" fedsim "* ]]; then
+  fs=(--task synthetic_logreg --model logreg --num-clients 8 --clients-per-round 4 --local-steps 2 --rounds 3
+      --no-progress --no-plots)
+  timeout 300 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m gradzip.fedsim --distributed \
+    --backend nccl --out "$OUT/fedsim-nccl" "${fs[@]}" > "$OUT/fedsim.log" 2>&1 || { echo "fedsim nccl FAILED"; rc=1; }
+  timeout 300 "$PY" -m gradzip.fedsim --out "$OUT/fedsim-local" "${fs[@]}" >> "$OUT/fedsim.log" 2>&1 \
+    || { echo "fedsim local FAILED"; rc=1; }
+  tail -30 "$OUT/fedsim.log"
+  "$PY" tests/gpu/compare_fedsim.py "$OUT/fedsim-nccl/rounds.csv" "$OUT/fedsim-local/rounds.csv" || rc=1
 fi
 exit $rc

@@ -14,6 +14,22 @@
 namespace gradzip::detail::cuda {
 
 Status write_header(const PayloadHeader& h, std::uint8_t* dst, const Exec& ex);
+
+/// Header flag bits that every device decoder adds to the flags of its expected header (this thread, this call).
+/// The scaled() wrapper's inner codec builds its expected header without kFlagScaledWrapper, but the payload's
+/// header carries it and the kernels compare all 32 bytes: ScaledUnbiased::decode_cuda sets the bit for the inner
+/// call with a ScopedWrapperFlags, and compose clears it (0) for its nested payload. Host-side, no device traffic.
+std::uint32_t wrapper_flags();
+class ScopedWrapperFlags {
+ public:
+  explicit ScopedWrapperFlags(std::uint32_t flags);
+  ~ScopedWrapperFlags();
+  ScopedWrapperFlags(const ScopedWrapperFlags&) = delete;
+  ScopedWrapperFlags& operator=(const ScopedWrapperFlags&) = delete;
+
+ private:
+  std::uint32_t saved_;
+};
 /// kNonFinite naming the first bad index (synchronous), or the kDeviceNonFinite bit (asynchronous).
 Status check_finite(Span<const float> x, const char* op, const Exec& ex);
 
@@ -48,5 +64,18 @@ Status randk_encode(std::size_t k, bool shared, const RngKey& key, Span<const fl
 Status randk_decode(std::size_t k, bool shared, float factor, const RngKey& key, const PayloadHeader& expect,
                     ConstBytes body, Span<float> y, DecodeMode mode, const Exec& ex);
 std::size_t randk_workspace(std::size_t d, std::size_t k);
+
+/// compose(topk:..., <quantizer with CUDA kernels>) (compose.cc's wire): the exact Top-K selection of topk_encode
+/// (ascending indices), the index section (d-bit bitmap when `bitmap`, else the k indices in index_bits(d) bits,
+/// zero-padded to `section_bytes`), then q.encode of the k kept values into the rest of the body (device, same Exec
+/// without its workspace: Top-K is deterministic, so the quantizer sees the caller's RngKey as on the CPU).
+Status compose_topk_encode(std::size_t k, bool bitmap, std::size_t section_bytes, const Compressor& q,
+                           Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex);
+/// compose decode (any sparsifier: the indices travel): validates the outer header against `expect` (exact
+/// body_bytes) and the index section on the device, decodes the nested payload with q (reporting to the same status
+/// word), and writes y (scale * values on the indices; overwrite zeroes the rest) only when all of it validated.
+Status compose_decode(std::size_t k, bool bitmap, std::size_t section_bytes, const Compressor& q,
+                      const PayloadHeader& expect, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                      const Exec& ex);
 
 }  // namespace gradzip::detail::cuda

@@ -749,22 +749,18 @@ Status topk_encode_cub(std::size_t k, Span<const float> x, MutableBytes body, st
   return Status::Ok();
 }
 
-/// The default Top-K encode: sample, our own candidate pass (select_kernel), compaction + radix round 1, rounds 2-3,
-/// filter, pack (8 launches, no CUB device-wide select). GRADZIP_TOPK_SELECT=cub picks topk_encode_cub (the previous
-/// path, same output) for comparisons.
-Status topk_encode_fast(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes,
-                        const Exec& ex) {
-  const std::size_t d = x.size();
-  const cudaStream_t s = stream_of(ex);
-  const bool bitmap = use_bitmap(d, k);
-  const int ib = index_bits(d);
-  const std::size_t bytes = bits_to_bytes(bitmap ? d + 32ull * k : k * (32ull + ib));
+std::size_t topk_select_bytes(std::size_t d, std::size_t k) {
   const std::size_t nseg = (d + kTile - 1) / kTile;
-  Scratch sc;
-  GZ_RETURN_IF_ERROR(sc.init(4 * Scratch::round(4 * d) + 2 * Scratch::round(4 * k) + Scratch::round(sizeof(TopkState)) +
-                                 Scratch::round(2048 * 4) + Scratch::round(8 * kFilterBlocks) +
-                                 2 * Scratch::round(4 * nseg),
-                             ex));
+  return 4 * Scratch::round(4 * d) + 2 * Scratch::round(4 * k) + Scratch::round(sizeof(TopkState)) +
+         Scratch::round(2048 * 4) + Scratch::round(8 * kFilterBlocks) + 2 * Scratch::round(4 * nseg);
+}
+
+/// Steps 1-4 of the default Top-K encode (below): the k kept (index, value bits) in ascending index order, in
+/// scratch carved from `sc` (initialised with at least topk_select_bytes(d, k)).
+Status topk_select(std::size_t k, Span<const float> x, Scratch& sc, std::uint32_t** kidx_out, std::uint32_t** kval_out,
+                   cudaStream_t s) {
+  const std::size_t d = x.size();
+  const std::size_t nseg = (d + kTile - 1) / kTile;
   std::uint32_t* cidx = sc.take<std::uint32_t>(d);
   std::uint32_t* ckey = sc.take<std::uint32_t>(d);
   std::uint32_t* sidx = sc.take<std::uint32_t>(d);
@@ -803,12 +799,126 @@ Status topk_encode_fast(std::size_t k, Span<const float> x, MutableBytes body, s
   GZ_CUDA_LAUNCH_CHECK();
   filter_write_kernel<<<kFilterBlocks, kThreads, 0, s>>>(cidx, ckey, st, counts, kidx, kval);
   GZ_CUDA_LAUNCH_CHECK();
+  *kidx_out = kidx;
+  *kval_out = kval;
+  return Status::Ok();
+}
+
+/// The default Top-K encode: sample, our own candidate pass (select_kernel), compaction + radix round 1, rounds 2-3,
+/// filter, pack (8 launches, no CUB device-wide select). GRADZIP_TOPK_SELECT=cub picks topk_encode_cub (the previous
+/// path, same output) for comparisons.
+Status topk_encode_fast(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes,
+                        const Exec& ex) {
+  const std::size_t d = x.size();
+  const cudaStream_t s = stream_of(ex);
+  const bool bitmap = use_bitmap(d, k);
+  const int ib = index_bits(d);
+  const std::size_t bytes = bits_to_bytes(bitmap ? d + 32ull * k : k * (32ull + ib));
+  Scratch sc;
+  GZ_RETURN_IF_ERROR(sc.init(topk_select_bytes(d, k), ex));
+  std::uint32_t* kidx = nullptr;
+  std::uint32_t* kval = nullptr;
+  GZ_RETURN_IF_ERROR(topk_select(k, x, sc, &kidx, &kval, s));
   // 5. pack.
   pack_kernel<<<grid_for((bytes + 3) / 4, kThreads), kThreads, 0, s>>>(kidx, kval, k, d, ib, bitmap, body.data(),
                                                                        bytes);
   GZ_CUDA_LAUNCH_CHECK();
   *body_bytes = bytes;
   return Status::Ok();
+}
+
+// ---- compose(topk, quantizer)
+// ----------------------------------------------------------------------------------------
+/// Word w of compose's index section: k indices in ib bits each (LSB first), or the d-bit membership bitmap.
+__global__ void compose_section_kernel(const std::uint32_t* kidx, std::size_t k, std::size_t d, int ib, bool bitmap,
+                                       std::uint8_t* out, std::size_t bytes) {
+  const std::size_t w = tid();
+  const std::size_t words = (bytes + 3) / 4;
+  if (w >= words) return;
+  std::uint32_t word = 0;
+  const long long lo = 32ll * static_cast<long long>(w);
+  if (!bitmap) {
+    if (ib > 0) {
+      const long long e0 = lo / ib;
+      long long e1 = (lo + 31) / ib;
+      if (e1 > static_cast<long long>(k) - 1) e1 = static_cast<long long>(k) - 1;
+      for (long long e = e0; e <= e1; ++e) {
+        const std::uint64_t rec = kidx[e];
+        const long long off = e * ib - lo;
+        word |= off >= 0 ? static_cast<std::uint32_t>(rec << off) : static_cast<std::uint32_t>(rec >> (-off));
+      }
+    }
+  } else {
+    const long long dd = static_cast<long long>(d);
+    std::size_t a = 0, b = k;
+    while (a < b) {
+      const std::size_t m = (a + b) / 2;
+      if (static_cast<long long>(kidx[m]) < lo)
+        a = m + 1;
+      else
+        b = m;
+    }
+    const long long hi = lo + 32 < dd ? lo + 32 : dd;
+    for (std::size_t e = a; e < k && static_cast<long long>(kidx[e]) < hi; ++e) word |= 1u << (kidx[e] - lo);
+  }
+  std::uint8_t* p = out + 4 * w;
+  const std::size_t left = bytes - 4 * w;
+  if (left >= 4)
+    store_u32_any(p, word);
+  else
+    store_bytes(p, word, static_cast<int>(left));
+}
+/// Index list of compose: kidx[i] = index i; checks < d, ascending, zero padding after the section.
+__global__ void compose_list_kernel(const std::uint8_t* payload, HeaderWords e, std::size_t k, std::size_t d, int ib,
+                                    std::size_t section_bytes, std::uint32_t* kidx, std::uint32_t* status) {
+  if (!block_header_ok(payload, e, status)) return;
+  const std::size_t i = tid();
+  if (i >= k) return;
+  const std::uint8_t* body = payload + kHeaderBytes;
+  const std::uint64_t idx = read_bits(body, section_bytes, static_cast<std::uint64_t>(i) * ib, ib);
+  bool bad = idx >= d;
+  if (i > 0) bad |= read_bits(body, section_bytes, static_cast<std::uint64_t>(i - 1) * ib, ib) >= idx;
+  if (i == 0) {
+    const std::uint64_t nbits = static_cast<std::uint64_t>(k) * ib;
+    if (nbits % 8 != 0 && (body[section_bytes - 1] >> (nbits % 8)) != 0) bad = true;
+  }
+  if (bad) atomicOr(status, kDeviceBadBody);
+  kidx[i] = static_cast<std::uint32_t>(idx < d ? idx : 0);
+}
+/// Bitmap form: the indices of the set bits (offsets from the scan); zero padding after the d bits.
+__global__ void compose_bitmap_kernel(const std::uint8_t* payload, HeaderWords e, std::size_t d,
+                                      const std::uint32_t* offsets, const unsigned long long* total,
+                                      unsigned long long k, std::uint32_t* kidx, std::uint32_t* status) {
+  if (!block_header_ok(payload, e, status)) return;
+  const std::size_t w = tid(), words = (d + 31) / 32;
+  if (w >= words) return;
+  const std::uint8_t* body = payload + kHeaderBytes;
+  if (w == 0 && d % 8 != 0 && (body[(d + 7) / 8 - 1] >> (d % 8)) != 0) atomicOr(status, kDeviceBadBody);
+  if (*total != k) return;
+  const int nb = d - 32 * w < 32 ? static_cast<int>(d - 32 * w) : 32;
+  std::uint32_t bits = static_cast<std::uint32_t>(read_bits(body, (d + 7) / 8, 32 * w, nb));
+  std::uint64_t pos = offsets[w];
+  while (bits) {
+    const int b = __ffs(bits) - 1;
+    bits &= bits - 1;
+    kidx[pos++] = static_cast<std::uint32_t>(32 * w + b);
+  }
+}
+/// y = 0 (overwrite) when the whole payload validated (status word still 0) and the outer header matches.
+__global__ void compose_zero_kernel(const std::uint8_t* payload, HeaderWords e, float* y, std::size_t n,
+                                    const std::uint32_t* status) {
+  if (!block_header_ok(payload, e, const_cast<std::uint32_t*>(status)) || *status != 0) return;
+  for (std::size_t i = tid(); i < n; i += nthreads()) y[i] = 0.0f;
+}
+__global__ void compose_scatter_kernel(const std::uint8_t* payload, HeaderWords e, const std::uint32_t* kidx,
+                                       const float* v, std::size_t k, float scale, bool acc, float* y,
+                                       std::uint32_t* status) {
+  if (!block_header_ok(payload, e, status) || *status != 0) return;
+  const std::size_t i = tid();
+  if (i >= k) return;
+  const std::uint32_t idx = kidx[i];
+  const float val = scale * v[i];
+  y[idx] = acc ? y[idx] + val : val;
 }
 
 }  // namespace
@@ -827,7 +937,7 @@ Status topk_decode(std::size_t k, const PayloadHeader& expect, ConstBytes body, 
   const std::size_t d = y.size();
   const cudaStream_t s = stream_of(ex);
   const std::uint8_t* payload = body.data() - kHeaderBytes;
-  const HeaderWords hw = header_words(expect);
+  const HeaderWords hw = expect_words(expect);
   const bool acc = mode == DecodeMode::kAccumulate;
   StatusWord st;
   GZ_RETURN_IF_ERROR(st.init(ex));
@@ -887,7 +997,7 @@ Status randk_decode(std::size_t k, bool shared, float factor, const RngKey& key,
   const std::size_t d = y.size();
   const cudaStream_t s = stream_of(ex);
   const std::uint8_t* payload = body.data() - kHeaderBytes;
-  const HeaderWords hw = header_words(expect);
+  const HeaderWords hw = expect_words(expect);
   const bool acc = mode == DecodeMode::kAccumulate;
   StatusWord st;
   GZ_RETURN_IF_ERROR(st.init(ex));
@@ -907,6 +1017,99 @@ Status randk_decode(std::size_t k, bool shared, float factor, const RngKey& key,
   shared_scatter_kernel<<<grid_for(k, kThreads), kThreads, 0, s>>>(payload, hw, kidx, k, factor, acc, y.data(),
                                                                    st.get());
   return st.finish("randk.decode");
+}
+
+}  // namespace gradzip::detail::cuda
+
+namespace gradzip::detail::cuda {
+
+Status compose_topk_encode(std::size_t k, bool bitmap, std::size_t section_bytes, const Compressor& q,
+                           Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex) {
+  const std::size_t d = x.size();
+  const cudaStream_t s = stream_of(ex);
+  if (body.size() < section_bytes)
+    return Status::Internal("compose.encode (CUDA): body smaller than the index section");
+  Scratch sc;
+  GZ_RETURN_IF_ERROR(sc.init(topk_select_bytes(d, k) + Scratch::round(4 * k), ex));
+  float* v = sc.take<float>(k);
+  std::uint32_t* kidx = nullptr;
+  std::uint32_t* kval = nullptr;
+  GZ_RETURN_IF_ERROR(topk_select(k, x, sc, &kidx, &kval, s));
+  if (section_bytes > 0) {
+    compose_section_kernel<<<grid_for((section_bytes + 3) / 4, kThreads), kThreads, 0, s>>>(
+        kidx, k, d, index_bits(d), bitmap, body.data(), section_bytes);
+    GZ_CUDA_LAUNCH_CHECK();
+  }
+  // v = x_U * 1.0f: Top-K keeps the values unscaled (x * 1.0f == x bit for bit), so the kept bits are copied.
+  GZ_CUDA_CHECK(cudaMemcpyAsync(v, kval, 4 * k, cudaMemcpyDeviceToDevice, s));
+  Exec qex = ex;
+  qex.workspace = MutableBytes();
+  qex.check_finite = false;  // v is part of x, which the base class scanned (or the caller turned the scan off)
+  std::size_t nested = 0;
+  GZ_RETURN_IF_ERROR(q.encode(Span<const float>(v, k),
+                              MutableBytes(body.data() + section_bytes, body.size() - section_bytes), &nested, qex));
+  *body_bytes = section_bytes + nested;
+  return Status::Ok();
+}
+
+Status compose_decode(std::size_t k, bool bitmap, std::size_t section_bytes, const Compressor& q,
+                      const PayloadHeader& expect, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                      const Exec& ex) {
+  GZ_RETURN_IF_ERROR(check_body_capacity(expect, body, "compose.decode"));
+  const std::size_t d = y.size();
+  const cudaStream_t s = stream_of(ex);
+  const std::uint8_t* payload = body.data() - kHeaderBytes;
+  const HeaderWords hw = expect_words(expect);
+  StatusWord st;
+  GZ_RETURN_IF_ERROR(st.init(ex));
+  const std::size_t words = (d + 31) / 32;
+  std::size_t scan_bytes = 0;
+  if (bitmap)
+    GZ_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, static_cast<std::uint32_t*>(nullptr),
+                                                static_cast<std::uint32_t*>(nullptr), static_cast<int>(words), s));
+  Scratch sc;
+  GZ_RETURN_IF_ERROR(sc.init(
+      Scratch::round(4 * k) * 2 + 2 * Scratch::round(4 * words) + Scratch::round(8) + Scratch::round(scan_bytes), ex));
+  std::uint32_t* kidx = sc.take<std::uint32_t>(k);
+  float* v = sc.take<float>(k);
+  // 1. the index section.
+  if (!bitmap) {
+    compose_list_kernel<<<grid_for(k, kThreads), kThreads, 0, s>>>(payload, hw, k, d, index_bits(d), section_bytes,
+                                                                   kidx, st.get());
+    GZ_CUDA_LAUNCH_CHECK();
+  } else {
+    std::uint32_t* counts = sc.take<std::uint32_t>(words);
+    std::uint32_t* offsets = sc.take<std::uint32_t>(words);
+    unsigned long long* total = sc.take<unsigned long long>(1);
+    std::uint8_t* tmp = sc.take<std::uint8_t>(scan_bytes);
+    bitmap_count_kernel<<<grid_for(words, kThreads), kThreads, 0, s>>>(body.data(), d, counts);
+    GZ_CUDA_LAUNCH_CHECK();
+    GZ_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(tmp, scan_bytes, counts, offsets, static_cast<int>(words), s));
+    total_kernel<<<1, 1, 0, s>>>(counts, offsets, words, total, k, st.get());
+    GZ_CUDA_LAUNCH_CHECK();
+    compose_bitmap_kernel<<<grid_for(words, kThreads), kThreads, 0, s>>>(payload, hw, d, offsets, total, k, kidx,
+                                                                         st.get());
+    GZ_CUDA_LAUNCH_CHECK();
+  }
+  // 2. the nested quantizer payload (exactly the rest of the expected body) into v; its kernels validate its own
+  //    header and report to the same status word (no synchronisation). No scaled() bit is expected there.
+  {
+    ScopedWrapperFlags plain(0);
+    Exec qex = ex;
+    qex.workspace = MutableBytes();
+    qex.device_status = st.get();
+    GZ_RETURN_IF_ERROR(q.decode(ConstBytes(body.data() + section_bytes, expect.body_bytes - section_bytes),
+                                Span<float>(v, k), DecodeMode::kOverwrite, qex));
+  }
+  // 3. y, only when everything above validated.
+  const bool acc = mode == DecodeMode::kAccumulate;
+  if (!acc) {
+    compose_zero_kernel<<<132 * 8, kThreads, 0, s>>>(payload, hw, y.data(), d, st.get());
+    GZ_CUDA_LAUNCH_CHECK();
+  }
+  compose_scatter_kernel<<<grid_for(k, kThreads), kThreads, 0, s>>>(payload, hw, kidx, v, k, scale, acc, y.data(),
+                                                                    st.get());
+  return st.finish("compose.decode");
 }
 
 }  // namespace gradzip::detail::cuda
