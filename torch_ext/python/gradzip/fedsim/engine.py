@@ -93,9 +93,9 @@ class Simulation:
             y = fed.client_model().expand(len(mine), d).contiguous()
             corr = fed.corrections(mine) if self.uses_control else torch.empty(0)
             idx = self.task.batch_indices(r, mine, cfg.local_steps, cfg.batch_size)
+            xs, ys = self.task.x_train[idx], self.task.y_train[idx]  # one gather per round: [m, K, B, ...]
             for k in range(cfg.local_steps):
-                ik = idx[:, k]
-                g, losses = self.trainer.grads(y, self.task.x_train[ik], self.task.y_train[ik])
+                g, losses = self.trainer.grads(y, xs[:, k], ys[:, k])
                 fed.local_step(y, g, corr, cfg.lr_local)
                 loss_sum[0] += float(losses.double().sum())
                 loss_sum[1] += len(mine)
