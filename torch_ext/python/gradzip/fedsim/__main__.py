@@ -42,8 +42,6 @@ def main(argv=None) -> int:
             print("error: --distributed needs torchrun (RANK/WORLD_SIZE/MASTER_ADDR not set)", file=sys.stderr)
             return 2
         if ns.backend == "nccl":
-            import torch
-
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(ns.backend)
     try:

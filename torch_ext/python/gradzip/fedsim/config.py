@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Optional, Union
 
 TASKS = ("fmnist", "synthetic_logreg", "synthetic_lsq")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -39,7 +39,7 @@ def check(cfg: Union[FedSimConfig, Dict[str, Any]], numel: int = 1 << 16) -> Fed
     if isinstance(cfg, dict):
         cfg = from_mapping(cfg)
     cfg.validate()
-    from .. import _core  # noqa: F401  (ops registered)
+    from .. import _C  # noqa: F401  (registers torch.classes.gradzip)
 
     try:
         torch.classes.gradzip.Federation(cfg.algorithm, cfg.compressor, cfg.downlink, cfg.feedback, 1, 1,
@@ -67,7 +67,7 @@ class Simulation:
                                       self.task.kind == "regression")
         self.trainer = (models_mod.BatchedTrainer if cfg.trainer == "batched" else models_mod.LoopTrainer)(self.model)
         x0 = self.model.init(tasks._mix(cfg.seed, 0x1A17))
-        from .. import _core  # noqa: F401
+        from .. import _C  # noqa: F401  (registers torch.classes.gradzip)
 
         self.fed = torch.classes.gradzip.Federation(
             cfg.algorithm, cfg.compressor, cfg.downlink, cfg.feedback, cfg.num_clients, cfg.clients_per_round,
