@@ -1,6 +1,6 @@
 # cmake -DEXE=<program> -DARGS=<'|'-separated arguments> -DEXPECT_RC=<code|nonzero> [-DEXPECT_RE=<regex>] -P expect_exit.cmake
 # Runs the program and requires its exit code and (optionally) that stdout+stderr match the regex: CTest alone cannot
-# check both. Used by the LibTorch example's error-path tests (bad flag, missing data set).
+# check both. Used by the CLI and example error-path tests (examples/CMakeLists.txt, tests/torch_ext/CMakeLists.txt).
 string(REPLACE "|" ";" ARGS "${ARGS}")
 execute_process(COMMAND ${EXE} ${ARGS} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("exit code: ${rc}\nstdout:\n${out}\nstderr:\n${err}")
