@@ -5,10 +5,11 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
-#include <cstdio>
+#include <chrono>
 
 #include "conformance.h"
 #include "gradzip/collectives/mpi_communicator.h"
+#include "mpi_gtest_main.h"
 
 namespace gradzip::ctest {
 namespace {
@@ -48,53 +49,10 @@ TEST(Mpi, CreateValidates) {
   EXPECT_EQ(g_comm->engine(), "mpi");
 }
 
-/// Prints only failures, with the rank in front (for ranks other than 0).
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?", r.line_number(),
-                 r.summary());
-  }
-  void OnTestEnd(const ::testing::TestInfo& t) override {
-    if (t.result()->Failed()) std::fprintf(stderr, "[rank %d] FAILED %s.%s\n", rank_, t.test_suite_name(), t.name());
-  }
-
- private:
-  int rank_;
-};
-
 }  // namespace
 }  // namespace gradzip::ctest
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (rank != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new gradzip::ctest::RankFailurePrinter(rank));
-  }
-  auto comm = gradzip::MpiCommunicator::create(MPI_COMM_WORLD, gradzip::MpiOptions{std::chrono::milliseconds(20000)});
-  if (!comm.ok()) {
-    std::fprintf(stderr, "[rank %d] %s\n", rank, comm.status().to_string().c_str());
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
-  gradzip::ctest::g_comm = comm->get();
-  int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  int any = failed;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (rank == 0 && any && !failed) std::fprintf(stderr, "[rank 0] another rank failed (see [rank r] lines)\n");
-  comm->reset();
-  if (any) {
-    // A failed check may have left a timed-out request behind, and MPI_Finalize could then wait for it.
-    std::fflush(stdout);
-    std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-  }
-  MPI_Finalize();
-  return 0;
+  return gradzip::testing::mpi_gtest_main(argc, argv, std::chrono::milliseconds(20000),
+                                          [](int, char**, gradzip::Communicator& c) { gradzip::ctest::g_comm = &c; });
 }

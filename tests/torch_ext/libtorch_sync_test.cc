@@ -31,6 +31,7 @@
 #include "gradzip/collectives/mpi_communicator.h"
 #include "gradzip/torch.h"
 #include "gradzip/torch_data.h"
+#include "mpi_gtest_main.h"
 
 namespace gradzip::libtorch {
 namespace {
@@ -477,57 +478,14 @@ TEST(TorchData, FashionMnistFromTheDebianPackage) {
   EXPECT_NEAR(x.mean().item<double>(), 0.0, 0.05);
 }
 
-/// Prints only failures, with the rank in front (for ranks other than 0).
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?", r.line_number(),
-                 r.summary());
-  }
-
- private:
-  int rank_;
-};
-
 }  // namespace
 }  // namespace gradzip::libtorch
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  at::set_num_threads(1);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  if (argc > 1) gradzip::libtorch::g_fixture_path = argv[1];
-  if (rank != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new gradzip::libtorch::RankFailurePrinter(rank));
-  }
-  auto comm = gradzip::MpiCommunicator::create(MPI_COMM_WORLD, gradzip::MpiOptions{std::chrono::milliseconds(60000)});
-  if (!comm.ok()) {
-    std::fprintf(stderr, "[rank %d] %s\n", rank, comm.status().to_string().c_str());
-    MPI_Abort(MPI_COMM_WORLD, 2);
-  }
-  gradzip::libtorch::g_comm = comm->get();
-  int failed = 0;
-  try {
-    failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  } catch (const std::exception& e) {  // a malformed fixture
-    std::fprintf(stderr, "[rank %d] %s\n", rank, e.what());
-    failed = 1;
-  }
-  int any = failed;
-  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (rank == 0 && any && !failed) std::fprintf(stderr, "[rank 0] another rank failed (see [rank r] lines)\n");
-  comm->reset();
-  if (any) {
-    std::fflush(stdout);
-    std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-  }
-  MPI_Finalize();
-  return 0;
+  return gradzip::testing::mpi_gtest_main(argc, argv, std::chrono::milliseconds(60000),
+                                          [](int ac, char** av, gradzip::Communicator& c) {
+                                            at::set_num_threads(1);
+                                            if (ac > 1) gradzip::libtorch::g_fixture_path = av[1];
+                                            gradzip::libtorch::g_comm = &c;
+                                          });
 }
