@@ -66,7 +66,7 @@ class Simulation:
         self.model = models_mod.build(cfg.model, self.task.input_shape, self.task.num_classes, cfg.hidden,
                                       self.task.kind == "regression")
         self.trainer = (models_mod.BatchedTrainer if cfg.trainer == "batched" else models_mod.LoopTrainer)(self.model)
-        x0 = self.model.init(tasks._mix(cfg.seed, 0x1A17))
+        x0 = self.model.init(tasks.mix_seed(cfg.seed, 0x1A17))
         from .. import _C  # noqa: F401  (registers torch.classes.gradzip)
 
         self.fed = torch.classes.gradzip.Federation(

@@ -55,7 +55,7 @@ class RunWriter:
         with open(os.path.join(self.dir, "summary.json"), "w") as f:
             json.dump({k: _clean(v) if not isinstance(v, dict) else v for k, v in summary.items()}, f, indent=2)
         if plots and self.rows:
-            plot_run(self.rows, self.dir, label=f"{self.cfg.algorithm} {self.cfg.compressor}")
+            plot_curves({f"{self.cfg.algorithm} {self.cfg.compressor}": self.rows}, self.dir)
 
 
 def summarize(cfg: FedSimConfig, rows: List[Dict[str, Any]], numel: int, diverged: bool, wall: float, up: int,
@@ -92,10 +92,6 @@ def summary_line(s: Dict[str, Any]) -> str:
             f"uplink {s['uplink_bytes'] / 1e6:.2f} MB ({s['uplink_bytes_per_client_round']:.0f} B/client/round), "
             f"downlink {s['downlink_bytes'] / 1e6:.2f} MB, {s['wall_time_s']:.1f} s"
             + (" [DIVERGED]" if s["diverged"] else ""))
-
-
-def plot_run(rows: List[Dict[str, Any]], out_dir: str, label: str) -> None:
-    plot_curves({label: rows}, out_dir)
 
 
 def plot_curves(runs: Dict[str, List[Dict[str, Any]]], out_dir: str, prefix: str = "") -> List[str]:

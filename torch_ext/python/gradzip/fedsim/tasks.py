@@ -38,7 +38,7 @@ class Task:
         out = torch.empty((len(clients), steps, batch), dtype=torch.long)
         for j, c in enumerate(clients):
             idx = self.client_indices[c]
-            g = torch.Generator().manual_seed(_mix(self.seed, round_, c))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, round_, c))
             out[j] = idx[torch.randint(len(idx), (steps, batch), generator=g)]
         return out
 
@@ -46,7 +46,7 @@ class Task:
         return [len(i) for i in self.client_indices]
 
 
-def _mix(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (SplitMix64 steps), so nearby (seed, round, client) give unrelated streams."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
@@ -126,7 +126,7 @@ def fashion_mnist(cfg: FedSimConfig) -> Task:
         xi, yi = xi[:cfg.train_subset], yi[:cfg.train_subset]
     if cfg.test_subset:
         xt, yt = xt[:cfg.test_subset], yt[:cfg.test_subset]
-    rng = np.random.default_rng(_mix(cfg.seed, 0xDA7A))
+    rng = np.random.default_rng(mix_seed(cfg.seed, 0xDA7A))
     parts = split(yi.numpy(), cfg, rng)
     x_train = data.normalize(xi)
     x_test = data.normalize(xt)
@@ -145,7 +145,7 @@ def synthetic(cfg: FedSimConfig) -> Task:
       synthetic_lsq:    y = w_i . x + 0.1 noise (one output, squared loss)."""
     d, n, h = cfg.synthetic_dim, cfg.synthetic_samples, cfg.heterogeneity
     classes = 10 if cfg.task == "synthetic_logreg" else 1
-    g = torch.Generator().manual_seed(_mix(cfg.seed, 0x5E7))
+    g = torch.Generator().manual_seed(mix_seed(cfg.seed, 0x5E7))
     w_star = torch.randn(classes, d, generator=g) / d ** 0.5
     b_star = torch.randn(classes, generator=g) * 0.1
     xs, ys, parts_train, xts, yts = [], [], [], [], []
