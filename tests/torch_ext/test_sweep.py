@@ -304,6 +304,40 @@ def test_resume_skips_finished_runs_and_retries_failures(tmp_path):
     assert len(res4.outcome.ran) == 4
 
 
+def test_results_of_other_code_are_run_again(tmp_path, capsys):
+    from gradzip.sweep import runner as R
+
+    out = str(tmp_path / "sw")
+    cfg = fake_config(compressor=["identity", "topk:ratio=0.1"], params={}, seeds=[0], algorithm="fedavg")
+    logs = []
+    res = S.sweep(cfg, out, workers=0, progress=False, tasks=TASKS, report=False, log=logs.append)
+    assert len(res.outcome.ran) == 2
+    code = R.code_version()
+    assert len(code) == 12 and int(code, 16) >= 0
+    rows = _rows(os.path.join(out, "results.csv"))
+    assert [r["code"] for r in rows] == [code, code]
+    a, b = (r["hash"] for r in rows)
+    # a result written by another build: stale, run again; with keep_stale it is reused
+    path = os.path.join(out, "runs", a, "result.json")
+    with open(path) as f:
+        doc = json.load(f)
+    assert doc["code"] == code
+    doc["code"] = "000000000000"
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    spec_a = next(r for r in res.runs if r.hash == a)
+    assert not R.is_finished(out, spec_a) and R.is_finished(out, spec_a, keep_stale=True)
+    kept = S.sweep(cfg, out, workers=0, progress=False, tasks=TASKS, report=False, keep_stale=True,
+                   log=logs.append)
+    assert len(kept.outcome.reused) == 2 and not kept.outcome.ran
+    assert {r["hash"]: r["code"] for r in _rows(os.path.join(out, "results.csv"))}[a] == "000000000000"
+    again = S.sweep(cfg, out, workers=0, progress=False, tasks=TASKS, report=False, log=logs.append)
+    assert [s.hash for s in again.outcome.ran] == [a] and [s.hash for s in again.outcome.reused] == [b]
+    assert any("other gradzip code" in m and "--keep-stale" in m for m in logs)
+    with open(path) as f:
+        assert json.load(f)["code"] == code
+
+
 def _check_png(path, size_px):
     import matplotlib.image as mpimg
 

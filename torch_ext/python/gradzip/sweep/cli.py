@@ -70,6 +70,7 @@ def make_validator(tasks: Optional[Mapping[str, Any]] = None) -> Callable[[RunSp
 
 def sweep(cfg: SweepConfig, out: str, *, workers: Optional[int] = None, shard_spec: Optional[Tuple[int, int]] = None,
           progress: bool = True, report: bool = True, report_only: bool = False, force: bool = False,
+          keep_stale: bool = False,
           tasks: Optional[Mapping[str, Any]] = None, validate: bool = True, log=None) -> SweepResult:
     """Runs the grid of ``cfg`` (or this shard of it) into ``out`` and writes ``results.csv`` (+ ``.parquet``),
     the PNGs and ``report.md`` over every run of the grid found finished there."""
@@ -88,7 +89,8 @@ def sweep(cfg: SweepConfig, out: str, *, workers: Optional[int] = None, shard_sp
     else:
         if shard_spec:
             log(f"[sweep] shard {shard_spec[0]}/{shard_spec[1]}: {len(mine)} of {len(runs)} runs")
-        outcome = run_sweep(mine, out, workers=workers, progress=progress, tasks=tasks, force=force, log=log)
+        outcome = run_sweep(mine, out, workers=workers, progress=progress, tasks=tasks, force=force,
+                             keep_stale=keep_stale, log=log)
     os.makedirs(out, exist_ok=True)
     label = make_label(tasks)
     rows, curves = collect(runs, out, links, label, outcome.failed)
@@ -196,6 +198,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="run nothing; rebuild table, plots and report")
     p.add_argument("--no-report", action="store_true", help="write the table only (no plots, no report)")
     p.add_argument("--force", action="store_true", help="re-run finished runs too")
+    p.add_argument("--keep-stale", action="store_true",
+                   help="reuse finished runs written by other gradzip code (another build or version) "
+                        "instead of running them again")
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("grid (without --config: defines it; with --config: overrides every block)")
     g.add_argument("--runner", help="fedsim | ddp | package.module:function")
@@ -216,11 +221,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def _print_list(runs: Sequence[RunSpec], out: str, shard_spec: Optional[Tuple[int, int]]) -> None:
+    """State per run: finished (by this code), stale (finished by other code), todo, other (another shard)."""
     mine = {r.hash for r in shard(runs, *shard_spec)} if shard_spec else None
     keys = varying_keys(runs)
     print("hash              state     block         parameters that vary")
     for r in runs:
-        state = "finished" if is_finished(out, r) else "todo"
+        state = ("finished" if is_finished(out, r) else "stale" if is_finished(out, r, keep_stale=True)
+                 else "todo")
         if mine is not None and r.hash not in mine:
             state = "other"
         print(f"{r.hash}  {state:8s}  {r.block[:12]:12s}  "
@@ -245,7 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         workers = args.workers if args.workers is not None else cfg.workers
         res = sweep(cfg, out, workers=workers, shard_spec=shard_spec, progress=not args.no_progress,
-                    report=not args.no_report, report_only=args.report_only, force=args.force)
+                    report=not args.no_report, report_only=args.report_only, force=args.force,
+                    keep_stale=args.keep_stale)
     except (ValueError, OSError) as e:
         print(f"gradzip.sweep: error: {e}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ Layout of a sweep's output directory::
     OUT/runs/<hash>/...           whatever the runner writes (fedsim: rounds.csv, summary.json, config.json)
     OUT/runs/<hash>/curve.csv     the normalised curve (tasks.CURVE_COLUMNS)
     OUT/runs/<hash>/result.json   written last, atomically: the run is finished when this file says status "ok"
+                                  and was written by the same code (``code_version()``; ``keep_stale`` reuses it anyway)
     OUT/runs/<hash>/error.txt     a failed run's traceback (it is tried again next time)
     OUT/results.csv[.parquet]     one row per run; report.md and *.png (gradzip.sweep.plots)
 
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import functools
+import hashlib
 import json
 import math
 import multiprocessing
@@ -39,8 +42,30 @@ def run_dir(out: str, spec: RunSpec) -> str:
     return os.path.join(out, "runs", spec.hash)
 
 
+@functools.lru_cache(maxsize=None)
+def code_version() -> str:
+    """12 hex digits of SHA-256 over the bytes of the installed gradzip extension (all the math) and of the
+    gradzip package's Python sources, in path order. A rebuilt extension or an edited runner gives a new value,
+    so results written by other code are not mistaken for finished runs of this one."""
+    import gradzip
+    from gradzip import _C
+
+    h = hashlib.sha256()
+    files = [os.path.realpath(_C.__file__)]
+    root = os.path.dirname(os.path.realpath(gradzip.__file__))
+    for base, dirs, names in os.walk(root):
+        dirs.sort()
+        files += [os.path.join(base, n) for n in sorted(names) if n.endswith(".py")]
+    for path in files:
+        h.update(os.path.relpath(path, root).encode() + b"\0")
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:12]
+
+
 def load_result(out: str, spec: RunSpec) -> Optional[Dict[str, Any]]:
-    """The finished result of ``spec`` under ``out`` (status ok, same hash), else None."""
+    """The finished result of ``spec`` under ``out`` (status ok, same hash), else None. Whatever code wrote it
+    (``result["code"]``): the table reports it; run_sweep decides whether it is stale."""
     path = os.path.join(run_dir(out, spec), RESULT)
     try:
         with open(path) as f:
@@ -52,8 +77,10 @@ def load_result(out: str, spec: RunSpec) -> Optional[Dict[str, Any]]:
     return res
 
 
-def is_finished(out: str, spec: RunSpec) -> bool:
-    return load_result(out, spec) is not None
+def is_finished(out: str, spec: RunSpec, keep_stale: bool = False) -> bool:
+    """Finished by this code (or by any code with ``keep_stale``)."""
+    res = load_result(out, spec)
+    return res is not None and (keep_stale or res.get("code") == code_version())
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:
@@ -118,7 +145,8 @@ def execute(spec_dict: Dict[str, Any], out: str, tasks: Optional[Mapping[str, An
         write_curve(os.path.join(d, "curve.csv"), curve)
         summary = dict(summary or {})
         summary.setdefault("wall_time_s", curve[-1]["wall_time_s"])
-        result = {"status": "ok", "hash": spec.hash, "spec": spec.to_dict(), "summary": _jsonable(summary),
+        result = {"status": "ok", "hash": spec.hash, "code": code_version(), "spec": spec.to_dict(),
+                  "summary": _jsonable(summary),
                   "sweep_wall_time_s": time.time() - t0, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _write_json_atomic(os.path.join(d, RESULT), result)
         return result
@@ -179,9 +207,10 @@ class Outcome:
 
 def run_sweep(runs: Sequence[RunSpec], out: str, *, workers: Optional[int] = None, progress: bool = True,
               tasks: Optional[Mapping[str, Any]] = None, force: bool = False, threads: int = 1,
-              log=None) -> Outcome:
-    """Runs every spec not already finished under ``out`` (all of them with ``force``). ``workers=0`` runs in this
-    process; otherwise a pool of ``workers`` spawned processes (default min(2, cpus)), ``threads`` torch threads
+              keep_stale: bool = False, log=None) -> Outcome:
+    """Runs every spec not already finished under ``out`` by this code (all of them with ``force``; a result
+    written by other code, see code_version(), counts as finished only with ``keep_stale``). ``workers=0`` runs in
+    this process; otherwise a pool of ``workers`` spawned processes (default min(2, cpus)), ``threads`` torch threads
     each. ``tasks`` overrides the runner registry (it must be picklable: module-level functions). A failed run is
     reported and left unfinished; a crashed worker fails the runs still in flight, the others go on."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -189,11 +218,16 @@ def run_sweep(runs: Sequence[RunSpec], out: str, *, workers: Optional[int] = Non
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     oc = Outcome()
     todo: List[RunSpec] = []
+    stale = 0
     for r in runs:
-        if not force and is_finished(out, r):
+        if not force and is_finished(out, r, keep_stale):
             oc.reused.append(r)
         else:
+            stale += not force and is_finished(out, r, keep_stale=True)
             todo.append(r)
+    if stale:
+        log(f"[sweep] {stale} finished runs in {out} were written by other gradzip code (not {code_version()}); "
+            f"running them again (--keep-stale reuses them)")
     if oc.reused:
         log(f"[sweep] {len(oc.reused)} of {len(runs)} runs already finished in {out}; reusing them")
     if not todo:
@@ -327,6 +361,7 @@ def table_row(spec: RunSpec, result: Optional[Dict[str, Any]], curve: Optional[C
     row["seed"] = spec.params.get("seed")
     status = "pending" if result is None else result.get("status", "failed")
     row["status"] = status
+    row["code"] = result.get("code", "") if status == "ok" else ""
     nan = math.nan
     m: Dict[str, Any] = dict(rounds=nan, final_accuracy=nan, best_accuracy=nan, target_accuracy=nan,
                              rounds_to_target=nan, uplink_bytes=nan, downlink_bytes=nan,
