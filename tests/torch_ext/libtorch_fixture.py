@@ -2,6 +2,7 @@
 """Writes the fixture of the LibTorch test (tests/torch_ext/libtorch_sync_test.cc): what the Python DDP hook did.
 
     python tests/torch_ext/libtorch_fixture.py OUT.pt
+    python tests/torch_ext/libtorch_fixture.py --check-cpp-state OUT.pt
 
 Two gloo ranks (dist_util.run_world) train scenarios.make_model() (a 4-layer MLP, 22314 parameters; DDP with
 bucket_cap_mb=0.04 rebuilds it into two buckets after iteration 0) for STEPS steps per case with gradzip.ddp.hook
@@ -17,6 +18,11 @@ Written with torch.save (read in C++ with torch::pickle_load):
                       "states": [rank] state dict, "bytes_sent": [rank] float (hook totals)}}}
 If torch or the gradzip package cannot be imported, writes the reason to OUT.skip instead (the C++ test then
 skips).
+
+With --check-cpp-state (run after the C++ test, which writes GradSync's own state after SAVE_AT steps to
+OUT.cpp_state/<case>.rank<r>.pt): per case, the same two-rank training runs again with the Python hook, the C++
+state is loaded into the hook after SAVE_AT steps, and every later bucket output must equal the fixture's bit for
+bit (the bucket inputs too, which shows the rerun follows the recorded trajectory). Exit status 1 on a mismatch.
 """
 
 import os
@@ -96,7 +102,100 @@ def record_case(rank: int, world: int, name: str, options: Dict[str, Any]) -> Di
             "bytes_sent": float(state.totals()["bytes_sent"]), "shapes": [list(p.shape) for p in params]}
 
 
+def _per_param(spy: Any, params: List[Any], first_step: int) -> Dict[str, List[List[Any]]]:
+    index_of = {p.data_ptr(): i for i, p in enumerate(params)}
+    got: Dict[str, List[List[Any]]] = {k: [[None] * len(params) for _ in range(STEPS)] for k in ("input", "output")}
+    for c in spy.calls:
+        if c["step"] < first_step:
+            continue
+        off = 0
+        for p, n in zip(c["ptrs"], c["numels"]):
+            i = index_of[p]
+            for k in got:
+                got[k][c["step"]][i] = c[k][off:off + n].reshape(params[i].shape).clone()
+            off += n
+    return got
+
+
+def resume_case(rank: int, world: int, name: str, options: Dict[str, Any], state_file: str,
+                inputs: List[List[Any]], outputs: List[List[Any]]) -> List[str]:
+    """Trains like record_case, loads the C++ state from ``state_file`` after SAVE_AT steps, and returns the
+    differences from the fixture's later inputs and outputs (empty: bit-identical)."""
+    import torch
+
+    import gradzip
+    import scenarios as S
+
+    state = gradzip.ddp.State(options["compressor"], options["feedback"], warmup_steps=options["warmup_steps"],
+                              min_compress_numel=options["min_compress_numel"], small_dtype=options["small_dtype"],
+                              seed=options["seed"], granularity=options["granularity"], track_error=False)
+    model = S.make_model(seed=5)
+    params = list(model.parameters())
+    net, opt, spy = S.train(model, state, range(SAVE_AT), spy=True)
+    state.load_state_dict(torch.load(state_file, weights_only=False))
+    if state.step != SAVE_AT:
+        return [f"{name}: the C++ state is at step {state.step}, expected {SAVE_AT}"]
+    S.run_steps(net, opt, range(SAVE_AT, STEPS), rank)
+    got = _per_param(spy, params, SAVE_AT)
+    bad: List[str] = []
+    for t in range(SAVE_AT, STEPS):
+        for kind, want in (("input", inputs), ("output", outputs)):
+            for i, w in enumerate(want[t]):
+                g = got[kind][t][i]
+                if g is None or not torch.equal(g, w):
+                    diff = "missing" if g is None else f"max |diff| {float((g - w).abs().max()):.3g}"
+                    bad.append(f"{name}: rank {rank} step {t} parameter {i}: bucket {kind} differs ({diff})")
+    return bad
+
+
+def check_cpp_state(fixture: str) -> int:
+    import torch
+
+    import dist_util
+    import libtorch_fixture as me
+
+    if os.path.exists(fixture + ".skip"):
+        print(f"libtorch_fixture: skipped: {open(fixture + '.skip').read().strip()}")
+        return 0
+    fx = torch.load(fixture, weights_only=False)
+    if (fx["steps"], fx["save_at"]) != (STEPS, SAVE_AT):
+        print(f"libtorch_fixture: {fixture} was written with other STEPS/SAVE_AT; regenerate it", file=sys.stderr)
+        return 1
+    world = fx["world"]
+    sdir = fixture + ".cpp_state"
+    scenarios = []
+    for name, case in fx["cases"].items():
+        for r in range(world):
+            if not os.path.exists(os.path.join(sdir, f"{name}.rank{r}.pt")):
+                print(f"libtorch_fixture: {sdir}/{name}.rank{r}.pt is missing (run the C++ test first)",
+                      file=sys.stderr)
+                return 1
+        # each rank reads its own file and its own recorded inputs/outputs
+        scenarios.append((name, me._resume_on_rank, {"name": name, "case": case, "sdir": sdir}))
+    results = dist_util.run_world(world, scenarios, timeout_s=120.0)
+    bad = [m for name in fx["cases"] for per_rank in [dist_util.results_of(results, name)] for r in per_rank
+           for m in r]
+    for m in bad[:20]:
+        print(m, file=sys.stderr)
+    if bad:
+        print(f"libtorch_fixture: {len(bad)} mismatches after loading the C++ state", file=sys.stderr)
+        return 1
+    print(f"libtorch_fixture: the Python hook resumed from GradSync's state in {len(fx['cases'])} cases x "
+          f"{world} ranks; steps {SAVE_AT}..{STEPS - 1} bit-identical")
+    return 0
+
+
+def _resume_on_rank(rank: int, world: int, name: str, case: Dict[str, Any], sdir: str) -> List[str]:
+    opts = {k: case[k] for k in ("compressor", "feedback", "granularity", "warmup_steps", "min_compress_numel",
+                                 "small_dtype", "seed")}
+    return resume_case(rank, world, name, opts, os.path.join(sdir, f"{name}.rank{rank}.pt"),
+                       case["inputs"][rank], case["outputs"][rank])
+
+
 def main(argv: List[str]) -> int:
+    if len(argv) == 3 and argv[1] == "--check-cpp-state":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        return check_cpp_state(argv[2])
     if len(argv) != 2:
         print(__doc__.splitlines()[2].strip(), file=sys.stderr)
         return 2

@@ -242,6 +242,27 @@ TEST(LibTorchFixture, OwnStateRoundTripsThroughAFile) {
   }
 }
 
+// Writes GradSync's own state after save_at steps to FIXTURE.cpp_state/<case>.rank<r>.pt; the next ctest
+// (libtorch_fixture.py --check-cpp-state) loads each file into the Python hook mid-training and requires the
+// hook's remaining outputs to equal the fixture's bit for bit: C++ checkpoints resume in Python.
+TEST(LibTorchFixture, WritesItsStateForThePythonHook) {
+  REQUIRE_FIXTURE();
+  const std::filesystem::path dir = g_fixture_path + ".cpp_state";
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  ASSERT_FALSE(ec) << "cannot create " << dir << ": " << ec.message();
+  for (const Case& c : fixture().cases) {
+    SCOPED_TRACE(c.name);
+    auto params = make_params(fixture().shapes);
+    auto sync = GradSync::create(params, c.options, *g_comm);
+    ASSERT_TRUE(sync.ok()) << sync.status().to_string();
+    for (std::size_t t = 0; t < static_cast<std::size_t>(fixture().save_at); ++t) replay_step(**sync, params, c, t);
+    const auto path = dir / (c.name + ".rank" + std::to_string(g_comm->rank()) + ".pt");
+    const Status s = (*sync)->save(path.string());
+    ASSERT_TRUE(s.ok()) << s.to_string();
+  }
+}
+
 TEST(LibTorchFixture, DefaultBucketsFollowDdpsRule) {
   REQUIRE_FIXTURE();
   // The fixture's DDP ran with bucket_cap_mb=0.04; its rebuilt layout is the reverse-order rule with that cap.

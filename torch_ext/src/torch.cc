@@ -593,6 +593,7 @@ StatusOr<c10::IValue> GradSync::state_dict() const {
   try {
     c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
     d.insert(std::string("format"), std::string(kFormat));
+    d.insert(std::string("writer"), std::string("gradzip::libtorch::GradSync"));  // ddp.py matches its units by order
     d.insert(std::string("compressor"), im.opt.compressor);
     d.insert(std::string("feedback"), im.opt.feedback);
     d.insert(std::string("seed"), static_cast<std::int64_t>(im.opt.seed));

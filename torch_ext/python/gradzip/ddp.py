@@ -26,7 +26,10 @@ Checkpoints. ``state.state_dict()`` holds this rank's units (feedback memories, 
 counters; randomness is counter-based, so (seed, step counters) is the whole generator state) and the step.
 Save one per rank; after a restart, ``load_state_dict`` restores them and the first iteration (DDP's one-bucket
 layout) processes each saved unit exactly as the uninterrupted run would have, so training continues with the same
-parameters. Save between steps (after optimizer.step()), never during backward.
+parameters. Save between steps (after optimizer.step()), never during backward. A state saved by the C++
+GradSync (gradzip/torch.h; ``torch.load`` reads its files) names parameters by GradSync's buckets: its units are
+taken in id order by the first units of the same sizes this hook makes, as GradSync itself loads states, so resume
+with DDP buckets equal to GradSync's (units of other sizes are dropped with the warning above).
 
 Metrics: ``state.metrics()`` (the last completed step), ``state.totals()`` (cumulative), ``on_metrics`` (called once
 per step with the same dict). Keys: step, bytes_sent, bytes_received, raw_bytes, payload_bytes, compression_ratio
@@ -54,6 +57,9 @@ Key = Tuple[int, ...]  # (bucket index, position, numel[, step]) of a parameter'
 _FORMAT = "gradzip.ddp.State/1"
 _METRIC_SUMS = ("bytes_sent", "bytes_received", "raw_bytes", "payload_bytes", "err2", "norm2", "encode_s",
                 "decode_s", "compressed", "uncompressed")
+
+
+_GRADSYNC_WRITER = "gradzip::libtorch::GradSync"
 
 
 @dataclass
@@ -116,6 +122,9 @@ class State:
         self._pkeys: Dict[int, Key] = {}  # data_ptr -> key
         self._used_keys: Set[Key] = set()
         self._units: Dict[int, _Unit] = {}
+        # Units loaded from a C++ GradSync state (its keys name GradSync's buckets, not this process's DDP layout):
+        # adopted in id order by the first units of matching size this hook makes (_build_plan).
+        self._adopt: List[_Unit] = []
         self._next_uid = 0
         self._plans: Dict[int, _comm.BufferPlan] = {}
         self._raw_keys: Set[Key] = set()
@@ -204,6 +213,9 @@ class State:
         self.step = int(sd["step"])
         self._next_uid = int(sd["next_unit_id"])
         self._units = units
+        # GradSync (C++, gradzip/torch.h) names parameters by its own buckets and matches saved units by order and
+        # size; do the same with its states.
+        self._adopt = sorted(units.values(), key=lambda u: u.uid) if sd.get("writer") == _GRADSYNC_WRITER else []
         raw_keys = [tuple(int(x) for x in k) for k in sd["raw_keys"]]
         self._raw_keys = set(raw_keys)
         self._raw_order = {k: i for i, k in enumerate(raw_keys)}
@@ -231,9 +243,14 @@ class State:
         return k
 
     def _new_unit(self, keys: List[Key]) -> _Unit:
+        numel = sum(k[2] for k in keys)
+        if self._adopt and self._adopt[0].numel == numel:  # the next unit of a GradSync state, renamed
+            u = self._adopt.pop(0)
+            u.keys = tuple(keys)
+            return u
+        self._adopt = []  # out of step with the saved units: the rest are dropped at the end of the step
         uid = self._next_uid
         self._next_uid += 1
-        numel = sum(k[2] for k in keys)
         obj = torch.classes.gradzip.Unit(self.compressor, self.feedback, numel, self.rank, self.world_size,
                                          self.seed, uid, 1.0)
         u = _Unit(uid, tuple(keys), numel, obj)
@@ -256,6 +273,8 @@ class State:
             raise RuntimeError(f"gradzip.ddp: bucket {index} holds {buf.numel()} elements but its parameters add up "
                                f"to {off}; unsupported bucket layout")
         reusable = [u for u in sorted(self._units.values(), key=lambda u: u.uid) if all(k in where for k in u.keys)]
+        reused_ids = {u.uid for u in reusable}
+        self._adopt = [u for u in self._adopt if u.uid not in reused_ids]
         covered = {k for u in reusable for k in u.keys}
         leftover = [k for k in keys if k not in covered]
         raw = [k for k in leftover if k in self._raw_keys]
