@@ -235,7 +235,11 @@ def main(argv: List[str]) -> int:
 
 
 def _skip(out: str, reason: str) -> int:
-    """No fixture can be made here: OUT.skip tells the C++ test why (it then skips instead of failing)."""
+    """No fixture can be made here: OUT.skip tells the C++ test why (it then skips instead of failing). With
+    GRADZIP_REQUIRE_TORCH_FIXTURE=1 (scripts/test.sh, where the package was just installed) it is an error."""
+    if os.environ.get("GRADZIP_REQUIRE_TORCH_FIXTURE") == "1":
+        print(f"libtorch_fixture: error: {reason} (GRADZIP_REQUIRE_TORCH_FIXTURE=1)", file=sys.stderr)
+        return 1
     print(f"libtorch_fixture: skipped: {reason}")
     with open(out + ".skip", "w") as f:
         f.write(reason + "\n")
