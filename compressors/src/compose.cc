@@ -32,11 +32,14 @@
 //   - anything else: kBiased.
 // Deterministic iff both stages are. Not linear.
 //
-// CUDA: has_cuda() when the sparsifier is Top-K and the quantizer has kernels (Rand-K's subset key rule is private to
-// randk.cc, so compose(randk, ...) stays on the host path). Encode: Top-K's device selection, the index section by a
-// kernel, then the quantizer's own device encode of the k kept values (its header written on the device); decode:
-// the outer header, the index section and the nested payload validated on the device, y written only when all of it
-// passed (detail::cuda::compose_*). Bit-exact with the CPU path.
+// CUDA: has_cuda() when the sparsifier is Top-K or Rand-K and the quantizer has kernels. Encode: the same subset as
+// Sparsifier::select on the device (Top-K's exact selection, or Rand-K's Floyd subset keyed by
+// detail::randk_subset_key, the rule randk.cc uses), v = x_U * a by a kernel (a = detail::randk_value_scale), the
+// index section by a kernel (the indices travel for Rand-K too, in the same list or bitmap form), then the
+// quantizer's own device encode of v with the Exec of the CPU path (quantizer_exec: same key, seed mix for Rand-K;
+// its header written on the device). Decode (the same for both, the indices travel): the outer header, the index
+// section and the nested payload validated on the device, y written only when all of it passed
+// (detail::cuda::compose_*). Bit-exact with the CPU path.
 //
 // Errors: make_compose: kInvalidArgument naming both specs when the first stage is not a sparsifier or the second is
 // a sparsifier, a composition or lowrank. encode: the stages' own errors (k > d, non-finite scaled values, ...).
@@ -119,7 +122,8 @@ class Compose final : public Compressor {
 
 #if GRADZIP_HAS_CUDA
   bool has_cuda() const override {
-    return sp_->codec_id() == static_cast<std::uint16_t>(CodecId::kTopK) && sp_->has_cuda() && q_->has_cuda();
+    if (!sp_->has_cuda() || !q_->has_cuda()) return false;
+    return sp_->codec_id() == static_cast<std::uint16_t>(CodecId::kTopK) || detail::randk_config(*sp_) != nullptr;
   }
 
  protected:
@@ -127,11 +131,24 @@ class Compose final : public Compressor {
                      const Exec& ex) const override {
     if (!has_cuda())
       return Status::Unsupported("compose.encode: no CUDA kernel for '", spec(),
-                                 "' (the device path needs topk and a quantizer with CUDA kernels)");
+                                 "' (the device path needs topk or randk and a quantizer with CUDA kernels)");
     const std::size_t d = x.size();
     const std::size_t k = sel_->k_for(d);
     const IndexForm f = index_form(d, k);
-    GZ_RETURN_IF_ERROR(detail::cuda::compose_topk_encode(k, f.bitmap, f.bytes, *q_, x, body, body_bytes, ex));
+    // The first stage as the CPU's Sparsifier::select draws it: Top-K's exact selection, or Rand-K's Floyd subset
+    // under its own key rule (detail::randk_subset_key) with its value factor.
+    detail::cuda::ComposeSelect sel;
+    if (const RandKConfig* rc = detail::randk_config(*sp_)) {
+      sel.randk = true;
+      sel.key = detail::randk_subset_key(*rc, ex.rng);
+      sel.value_scale = detail::randk_value_scale(*rc, d, k);
+    }
+    Exec qex = quantizer_exec(ex, d);
+    // The kept values are elements of x, which the base class scanned (or the caller turned the scan off), unless
+    // Rand-K's d/k factor scaled them: a finite x_j * d/k can overflow, and the quantizer then reports it as on the
+    // CPU.
+    qex.check_finite = ex.check_finite && sel.value_scale != 1.0f;
+    GZ_RETURN_IF_ERROR(detail::cuda::compose_encode(k, sel, f.bitmap, f.bytes, *q_, qex, x, body, body_bytes, ex));
     h.flags = f.bitmap ? kFlagBitmap : 0u;
     h.param0 = static_cast<std::uint32_t>(k);
     h.param1 = q_->codec_id();
@@ -141,12 +158,14 @@ class Compose final : public Compressor {
                      const Exec& ex) const override {
     if (!has_cuda())
       return Status::Unsupported("compose.decode: no CUDA kernel for '", spec(),
-                                 "' (the device path needs topk and a quantizer with CUDA kernels)");
+                                 "' (the device path needs topk or randk and a quantizer with CUDA kernels)");
     const std::size_t d = y.size();
     const std::size_t k = sel_->k_for(d);
     const IndexForm f = index_form(d, k);
     PayloadHeader e = h;
-    e.flags = f.bitmap ? kFlagBitmap : 0u;
+    // The wrapper bits in h.flags (scaled(compose)), then the form bit. The nested payload is decoded with q_'s
+    // public decode, which expects only q_'s own wrapper bits (none for a plain quantizer).
+    e.flags = h.flags | (f.bitmap ? kFlagBitmap : 0u);
     e.param0 = static_cast<std::uint32_t>(k);
     e.param1 = q_->codec_id();
     // The quantizers with CUDA kernels have fixed-size payloads: max_encoded_bytes(k) is the exact nested size.
@@ -192,9 +211,7 @@ class Compose final : public Compressor {
     }
     std::vector<float> v(k);
     for (std::size_t i = 0; i < k; ++i) v[i] = x[idx[i]] * value_scale;
-    Exec qex = ex;
-    qex.workspace = MutableBytes();
-    if (!sp_->traits(d).deterministic) qex.rng.seed ^= kQuantizerSeedMix;
+    const Exec qex = quantizer_exec(ex, d);
     std::size_t nested = 0;
     GZ_RETURN_IF_ERROR(
         q_->encode(Span<const float>(v.data(), k), MutableBytes(out + f.bytes, body.size() - f.bytes), &nested, qex));
@@ -267,6 +284,15 @@ class Compose final : public Compressor {
   }
 
  private:
+  /// The quantizer's Exec on both paths: the caller's without its workspace, and for a stochastic sparsifier (Rand-K)
+  /// the seed mixed with kQuantizerSeedMix (see the comment at the top).
+  Exec quantizer_exec(const Exec& ex, std::size_t d) const {
+    Exec qex = ex;
+    qex.workspace = MutableBytes();
+    if (!sp_->traits(d).deterministic) qex.rng.seed ^= kQuantizerSeedMix;
+    return qex;
+  }
+
   std::shared_ptr<const Compressor> sp_;
   const Sparsifier* sel_;  // sp_ viewed as a Sparsifier (owned by sp_)
   std::shared_ptr<const Compressor> q_;

@@ -114,7 +114,7 @@ Status Compressor::decode(ConstBytes payload, Span<float> y, DecodeMode mode, co
     PayloadHeader h;
     h.codec_id = codec_id();
     h.numel = y.size();
-    h.flags = required_wrapper_flags();
+    h.flags = required_wrapper_flags();  // the wrapper bits the payload must carry; the codec ORs its own in
     return decode_cuda(h, ConstBytes(payload.data() + kHeaderBytes, payload.size() - kHeaderBytes), y, mode, scale, ex);
   }
   GZ_ASSIGN_OR_RETURN(PayloadHeader h, read_header(payload, op.c_str()));

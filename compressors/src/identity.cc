@@ -38,7 +38,7 @@ class Identity final : public Compressor {
   }
   Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
                      const Exec& ex) const override {
-    PayloadHeader e = h;
+    PayloadHeader e = h;  // flags: the wrapper bits in h.flags; this codec sets no flags of its own
     e.body_bytes = static_cast<std::uint32_t>(4 * y.size());
     return detail::cuda::identity_decode(e, body, y, mode, scale, ex);
   }

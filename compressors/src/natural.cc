@@ -217,7 +217,7 @@ class Natural final : public Compressor {
   }
   Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
                      const Exec& ex) const override {
-    PayloadHeader e = h;
+    PayloadHeader e = h;  // flags: the wrapper bits in h.flags; this codec sets no flags of its own
     e.body_bytes = static_cast<std::uint32_t>(body_bytes_for(y.size()));
     return detail::cuda::natural_decode(e, body, y, mode, scale, ex);
   }

@@ -453,7 +453,7 @@ class Qsgd final : public Compressor {
   Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
                      const Exec& ex) const override {
     if (!has_cuda()) return Status::Unsupported("qsgd.decode: coding=elias has no CUDA kernel (use coding=fixed)");
-    PayloadHeader e = h;
+    PayloadHeader e = h;  // flags: the wrapper bits in h.flags; this codec sets no flags of its own
     e.param0 = cfg_.levels;
     e.param1 = param1();
     e.body_bytes = static_cast<std::uint32_t>(4 + bits_to_bytes(static_cast<std::uint64_t>(y.size()) * width_));

@@ -11,7 +11,8 @@
 // membership bitmap: for j = d-k .. d-1: t = CounterRng(key).below(j, j + 1) (draw number j, uniform in [0, j]);
 // if t is already in the set, insert j, else insert t. The indices are then read ascending from the bitmap.
 // The key is Exec::rng with seed replaced by cfg.seed when set; with shared=1 the rank is replaced by 0 so every
-// rank draws the same subset (step and stream are kept).
+// rank draws the same subset (step and stream are kept): detail::randk_subset_key (builtin.h), which compose's
+// device path uses too.
 //
 // Wire body (d = numel, b = index_bits(d) = ceil(log2 d)):
 //   shared=1    32 k bits: the k raw fp32 values x_j, j in U ascending. The receiver regenerates U, so decode
@@ -91,6 +92,7 @@ inline void for_each_set(const std::uint64_t* bm, std::size_t words, F&& f) {
 class RandK final : public Compressor, public Sparsifier {
  public:
   explicit RandK(const RandKConfig& c) : cfg_(c) {}
+  const RandKConfig& config() const { return cfg_; }
 
   std::string_view name() const override { return "randk"; }
   std::string spec() const override {
@@ -140,7 +142,7 @@ class RandK final : public Compressor, public Sparsifier {
     idx.clear();
     idx.reserve(k);
     for_each_set(bm.data(), bm.words(), [&](std::size_t j) { idx.push_back(static_cast<std::uint32_t>(j)); });
-    if (value_scale) *value_scale = cfg_.unbiased ? static_cast<float>(static_cast<double>(d) / k) : 1.0f;
+    if (value_scale) *value_scale = detail::randk_value_scale(cfg_, d, k);
     return Status::Ok();
   }
 
@@ -162,7 +164,7 @@ class RandK final : public Compressor, public Sparsifier {
                      const Exec& ex) const override {
     const std::size_t d = y.size(), k = k_for(d);
     PayloadHeader e = h;
-    e.flags = expected_flags();
+    e.flags = h.flags | expected_flags();  // the wrapper bits in h.flags (scaled()), then its own
     e.param0 = static_cast<std::uint32_t>(k);
     e.body_bytes = static_cast<std::uint32_t>(bits_to_bytes(body_bits(d, k)));
     const float f = cfg_.unbiased ? static_cast<float>(static_cast<double>(scale) * static_cast<double>(d) / k) : scale;
@@ -276,10 +278,7 @@ class RandK final : public Compressor, public Sparsifier {
     return (cfg_.shared ? kFlagShared : 0u) | (cfg_.unbiased ? kFlagUnbiased : 0u);
   }
   RngKey key_for(const Exec& ex) const {
-    RngKey key = ex.rng;
-    if (cfg_.seed) key.seed = *cfg_.seed;
-    if (cfg_.shared) key.rank = 0;
-    return key;
+    return detail::randk_subset_key(cfg_, ex.rng);
   }
 
   RandKConfig cfg_;
@@ -293,6 +292,11 @@ StatusOr<std::unique_ptr<Compressor>> make_randk(const RandKConfig& c) {
 }
 
 namespace detail {
+const RandKConfig* randk_config(const Compressor& c) {
+  const auto* r = dynamic_cast<const RandK*>(&c);
+  return r != nullptr ? &r->config() : nullptr;
+}
+
 StatusOr<CompressorPtr> randk_from_params(const Params& p) {
   RandKConfig c;
   const Status rk = read_ratio_or_k(p, "randk", &c.ratio, &c.k);

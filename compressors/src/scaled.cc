@@ -7,21 +7,18 @@
 //
 // Wire: exactly the inner codec's payload (same codec id, params and body; bits as the inner's formula) with
 // header flag bit 31 (kFlagScaledWrapper) set, so that a plain inner decoder rejects it and vice versa (the base
-// class checks the bit against required_wrapper_flags()). Decode clears the bit in a copy of the header and
-// calls the inner decoder with scale * 1/(omega + 1); the inner codec validates everything else.
+// class checks the bit against required_wrapper_flags()). CPU decode clears the bit in a copy of the header it read
+// and calls the inner decoder with scale * 1/(omega + 1); the inner codec validates everything else.
 //
 // CUDA (when the inner codec has kernels): encode = the inner encode_cuda, then the base class writes the header
-// with bit 31 from the device; decode = the inner decode_cuda, whose kernels expect bit 31 in the payload's flags
-// (detail::cuda::ScopedWrapperFlags) and validate the header on the device as for the plain codec.
+// with bit 31 from the device; decode = the inner decode_cuda given the header the base class built, whose flags
+// hold bit 31 (required_wrapper_flags()): by the flags rule of Compressor::decode_cuda the inner codec ORs its own
+// flags into them, so its kernels expect bit 31 in the payload's header and validate the rest as for the plain codec.
 //
 // Determinism and randomness: those of the inner codec (it receives the same Exec). Thread-safety: const; the
 // inner codec is shared, immutable. Errors: kInvalidArgument when the inner codec is null or not unbiased
 // (naming its spec); otherwise the inner codec's errors; kInvalidPayload for a payload without bit 31.
 #include "builtin.h"
-#include "gradzip/compressors/config.h"
-#if GRADZIP_HAS_CUDA
-#include "cuda/codecs_cuda.h"
-#endif
 
 namespace gradzip {
 
@@ -70,18 +67,14 @@ class ScaledUnbiased final : public Compressor {
   }
   Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
                      const Exec& ex) const override {
+    // The payload's header carries bit 31 and the inner decoder's kernels compare the whole header with the one it
+    // expects: h.flags keeps the bit (the base class set it from required_wrapper_flags()), and the inner codec ORs
+    // its own flags into it (on the device, no host round trip).
     PayloadHeader inner_h = h;
-    inner_h.flags &= ~kFlagScaledWrapper;
-#if GRADZIP_HAS_CUDA
-    // The payload's header carries bit 31; the inner decoder's kernels compare the whole header with the one it
-    // expects, so they add the bit to their expected flags for this call (on the device, no host round trip).
-    detail::cuda::ScopedWrapperFlags wrapped(kFlagScaledWrapper);
-#endif
+    inner_h.flags |= kFlagScaledWrapper;
     return inner_->decode_cuda(inner_h, body, y, mode, inner_scale(scale, y.size()), ex);
   }
-  std::uint32_t required_wrapper_flags() const override {
-    return kFlagScaledWrapper;
-  }
+  std::uint32_t required_wrapper_flags() const override { return kFlagScaledWrapper; }
 
  private:
   float inner_scale(float scale, std::size_t numel) const {

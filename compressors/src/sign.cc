@@ -101,7 +101,7 @@ class ScaledSign final : public Compressor {
   }
   Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
                      const Exec& ex) const override {
-    PayloadHeader e = h;
+    PayloadHeader e = h;  // flags: the wrapper bits in h.flags; this codec sets no flags of its own
     e.body_bytes = static_cast<std::uint32_t>(body_size(y.size()));
     return detail::cuda::sign_decode(e, body, y, mode, scale, ex);
   }

@@ -264,7 +264,7 @@ class TopK final : public Compressor, public Sparsifier {
     const std::size_t d = y.size(), k = k_for(d);
     PayloadHeader e = h;
     const bool bitmap = use_bitmap(d, k);
-    e.flags = bitmap ? kFlagBitmap : 0u;
+    e.flags = h.flags | (bitmap ? kFlagBitmap : 0u);  // the wrapper bits in h.flags, then its own
     e.param0 = static_cast<std::uint32_t>(k);
     e.body_bytes = static_cast<std::uint32_t>(bits_to_bytes(bitmap ? bitmap_form_bits(d, k) : index_form_bits(d, k)));
     return detail::cuda::topk_decode(k, e, body, y, mode, scale, ex);

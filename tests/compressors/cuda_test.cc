@@ -62,28 +62,19 @@ std::uint32_t bits(float f) {
   return u;
 }
 
-const char* kSpecs[] = {"identity",
-                        "fp16",
-                        "bf16",
-                        "sign",
-                        "natural",
-                        "qsgd:levels=7",
-                        "qsgd:bits=2",
-                        "qsgd:levels=100,norm=linf",
-                        "qsgd:bits=16",
-                        "topk:ratio=0.01",
-                        "topk:ratio=0.3",
-                        "topk:k=1",
-                        "randk:ratio=0.05",
-                        "randk:ratio=0.2,shared=0,mode=contractive",
-                        "scaled(natural)",
-                        "scaled(qsgd:levels=7)",
-                        "scaled(randk:ratio=0.05)",
-                        "scaled(randk:ratio=0.2,shared=0)",
-                        "topk:ratio=0.01+qsgd:levels=7",
-                        "topk:ratio=0.3+natural",
-                        "topk:k=1+sign",
-                        "topk:ratio=0.05+fp16"};
+const char* kSpecs[] = {"identity", "fp16", "bf16", "sign", "natural", "qsgd:levels=7", "qsgd:bits=2",
+                        "qsgd:levels=100,norm=linf", "qsgd:bits=16", "topk:ratio=0.01", "topk:ratio=0.3", "topk:k=1",
+                        "randk:ratio=0.05", "randk:ratio=0.2,shared=0,mode=contractive", "scaled(natural)",
+                        "scaled(qsgd:levels=7)", "scaled(randk:ratio=0.05)", "scaled(randk:ratio=0.2,shared=0)",
+                        "topk:ratio=0.01+qsgd:levels=7", "topk:ratio=0.3+natural", "topk:k=1+sign",
+                        "topk:ratio=0.05+fp16",
+                        // compose with a Rand-K first stage: shared and per-rank subsets, a fixed seed=, both value
+                        // modes, the index-list and the bitmap form (ratio 0.3; ratio 0.05 at n = 2^20 + 3), a scaled()
+                        // quantizer inside and scaled() around the composition.
+                        "randk:ratio=0.05+qsgd:levels=7", "randk:ratio=0.2,shared=0,mode=contractive+natural",
+                        "randk:ratio=0.3,shared=0+qsgd:bits=2", "randk:k=1+sign",
+                        "randk:ratio=0.05,mode=contractive,seed=42+fp16", "randk:ratio=0.05+scaled(qsgd:levels=7)",
+                        "scaled(randk:ratio=0.05+qsgd:levels=7)", "scaled(randk:ratio=0.2,shared=0+natural)"};
 const std::size_t kSizes[] = {1, 7, 33, 4095, 4097, 100003, (1u << 20) + 3};
 
 void compare_spec(const std::string& spec, std::size_t n, int kind, std::size_t x_off) {
@@ -229,9 +220,12 @@ TEST(CudaCodecs, BodyCorruptionIsReported) {
   };
   const std::size_t n = 1000;
   // compose: padding bits after a 3 x 10-bit index list, the nested payload's magic, a bitmap with more than k bits.
+  // compose(randk): the same checks (its indices travel in the same section as Top-K's).
   for (const Case& k : {Case{"topk:k=3", 1, 0xff}, Case{"natural", 200, 0xff}, Case{"qsgd:levels=5", 10, 0xff},
                         Case{"scaled(natural)", 200, 0xff}, Case{"topk:k=3+qsgd:levels=5", 3, 0xff},
-                        Case{"topk:k=3+qsgd:levels=5", 4, 0x00}, Case{"topk:ratio=0.3+natural", 0, 0xff}}) {
+                        Case{"topk:k=3+qsgd:levels=5", 4, 0x00}, Case{"topk:ratio=0.3+natural", 0, 0xff},
+                        Case{"randk:k=3+qsgd:levels=5", 3, 0xff}, Case{"randk:k=3,shared=0+qsgd:levels=5", 4, 0x00},
+                        Case{"randk:ratio=0.3+natural", 0, 0xff}, Case{"scaled(randk:k=3+qsgd:levels=5)", 4, 0x00}}) {
     SCOPED_TRACE(k.spec);
     auto codec = parse_compressor(k.spec);
     const Compressor& c = **codec;
@@ -261,35 +255,138 @@ TEST(CudaCodecs, BodyCorruptionIsReported) {
 }
 
 // scaled() payloads carry header flag bit 31: the device decoders of the plain codec and of the wrapper each reject
-// the other's payload (as on the CPU), with y untouched; and compose(randk, ...) has no device path yet.
-TEST(CudaCodecs, ScaledFlagAndComposeCoverage) {
+// the other's payload (as on the CPU), synchronously and through the device status word, with y untouched. The
+// expected bit reaches the inner codec's kernels only through decode_cuda's header (Compressor::decode_cuda's flags
+// rule), so this covers every codec that builds an expected header under scaled(), compose's outer header included.
+TEST(CudaCodecs, ScaledFlagIsRequiredExactly) {
   REQUIRE_GPU();
   const std::size_t n = 4097;
   const std::vector<float> x = random_input(n, 11, 0);
   Exec cpu;
-  Exec gpu;
+  cpu.rng = {3, 1, 4, 1};
+  Exec gpu = cpu;
   gpu.device = Device::kCuda;
-  for (const char* inner : {"natural", "qsgd:levels=7", "randk:ratio=0.05"}) {
+  for (const char* inner : {"natural", "qsgd:levels=7", "qsgd:bits=2", "randk:ratio=0.05", "randk:ratio=0.2,shared=0",
+                            "randk:ratio=0.05+qsgd:levels=7", "randk:ratio=0.3,shared=0+natural"}) {
     SCOPED_TRACE(inner);
     auto plain = parse_compressor(inner);
     auto wrapped = parse_compressor(std::string("scaled(") + inner + ")");
     ASSERT_TRUE(plain.ok() && wrapped.ok());
+    ASSERT_TRUE((*plain)->has_cuda() && (*wrapped)->has_cuda());
     for (int which = 0; which < 2; ++which) {
+      SCOPED_TRACE(which == 0 ? "plain payload, scaled decoder" : "scaled payload, plain decoder");
       const Compressor& enc = which == 0 ? **plain : **wrapped;
       const Compressor& dec = which == 0 ? **wrapped : **plain;
       auto pay = enc.encode(Span<const float>(x.data(), n), cpu);
       ASSERT_TRUE(pay.ok());
+      std::vector<float> hy(n, 0.0f);
+      EXPECT_EQ(dec.decode(ConstBytes(pay->data(), pay->size()), Span<float>(hy.data(), n), DecodeMode::kOverwrite, cpu)
+                    .code(),
+                StatusCode::kInvalidPayload);
       Dev<std::uint8_t> dp(pay->size());
       dp.put(*pay);
       Dev<float> dy(n);
       ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
       Status s = dec.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
       EXPECT_EQ(s.code(), StatusCode::kInvalidPayload) << s.to_string();
-      const auto y = dy.get(n);
-      for (float v : y) ASSERT_EQ(v, 0.0f);
+      for (float v : dy.get(n)) ASSERT_EQ(v, 0.0f);
+      Dev<std::uint32_t> word(1);
+      ASSERT_EQ(cudaMemset(word.p, 0, 4), cudaSuccess);
+      Exec async = gpu;
+      async.device_status = word.p;
+      ASSERT_TRUE(dec.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kAccumulate, async).ok());
+      EXPECT_EQ(cuda_take_status(word.p, nullptr, "test").code(), StatusCode::kInvalidPayload);
+      for (float v : dy.get(n)) ASSERT_EQ(v, 0.0f);
+      // The matching decoder accepts it (the bit is expected exactly where it is written).
+      ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
+      s = enc.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
+      EXPECT_TRUE(s.ok()) << s.to_string();
     }
   }
-  EXPECT_FALSE((*parse_compressor("randk:ratio=0.05+qsgd:levels=7"))->has_cuda());
+}
+
+// compose's nested payload is decoded through the quantizer's public decode: a scaled() quantizer expects bit 31 in
+// the nested header, a plain one rejects it, whatever the outer header carries (the outer ids and params are equal).
+TEST(CudaCodecs, ComposeNestedScaledFlag) {
+  REQUIRE_GPU();
+  const std::size_t n = 4097;
+  const std::vector<float> x = random_input(n, 12, 0);
+  Exec cpu;
+  Exec gpu;
+  gpu.device = Device::kCuda;
+  for (const char* sp : {"randk:ratio=0.05", "randk:ratio=0.2,shared=0", "topk:ratio=0.05"}) {
+    SCOPED_TRACE(sp);
+    auto plain = parse_compressor(std::string(sp) + "+qsgd:levels=7");
+    auto nested = parse_compressor(std::string(sp) + "+scaled(qsgd:levels=7)");
+    ASSERT_TRUE(plain.ok() && nested.ok());
+    ASSERT_TRUE((*plain)->has_cuda() && (*nested)->has_cuda());
+    for (int which = 0; which < 2; ++which) {
+      const Compressor& enc = which == 0 ? **plain : **nested;
+      const Compressor& dec = which == 0 ? **nested : **plain;
+      auto pay = enc.encode(Span<const float>(x.data(), n), cpu);
+      ASSERT_TRUE(pay.ok());
+      std::vector<float> hy(n, 0.0f);
+      EXPECT_EQ(dec.decode(ConstBytes(pay->data(), pay->size()), Span<float>(hy.data(), n), DecodeMode::kOverwrite, cpu)
+                    .code(),
+                StatusCode::kInvalidPayload);
+      Dev<std::uint8_t> dp(pay->size());
+      dp.put(*pay);
+      Dev<float> dy(n);
+      ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
+      Status s = dec.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
+      EXPECT_EQ(s.code(), StatusCode::kInvalidPayload) << s.to_string();
+      for (float v : dy.get(n)) ASSERT_EQ(v, 0.0f);
+    }
+  }
+}
+
+// compose(randk, identity) keeps exactly Rand-K's subset and values (identity is exact, and unbiased Rand-K's d/k
+// factor is the same float on both sides), so on the device its decode equals plain randk's decode for the same key,
+// bit for bit: the subset key rule is shared (detail::randk_subset_key), independently of the compose CPU path.
+TEST(CudaCodecs, ComposeRandKKeepsRandKSubset) {
+  REQUIRE_GPU();
+  const std::size_t n = 100003;
+  const std::vector<float> x = random_input(n, 13, 0);
+  Exec gpu;
+  gpu.device = Device::kCuda;
+  gpu.rng = {77, 3, 5, 2};
+  Dev<float> dx(n);
+  dx.put(x);
+  for (const char* sp : {"randk:ratio=0.05", "randk:ratio=0.05,shared=0", "randk:ratio=0.3,mode=contractive",
+                         "randk:k=17,shared=0,seed=9"}) {
+    SCOPED_TRACE(sp);
+    auto r = parse_compressor(sp);
+    auto cmp = parse_compressor(std::string(sp) + "+identity");
+    ASSERT_TRUE(r.ok() && cmp.ok());
+    ASSERT_TRUE((*cmp)->has_cuda());
+    std::vector<float> ys[2];
+    for (int which = 0; which < 2; ++which) {
+      const Compressor& c = which == 0 ? **r : **cmp;
+      const std::size_t cap = c.max_encoded_bytes(n);
+      Dev<std::uint8_t> dp(cap);
+      std::size_t w = 0;
+      Status s = c.encode(Span<const float>(dx.p, n), MutableBytes(dp.p, cap), &w, gpu);
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      Dev<float> dy(n);
+      ASSERT_EQ(cudaMemset(dy.p, 0xFF, n * 4), cudaSuccess);
+      s = c.decode(ConstBytes(dp.p, w), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      ys[which] = dy.get(n);
+    }
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(bits(ys[0][i]), bits(ys[1][i])) << "i=" << i;
+      kept += ys[0][i] != 0.0f;
+    }
+    EXPECT_GT(kept, 0u);
+  }
+}
+
+TEST(CudaCodecs, DeviceCoverage) {
+  REQUIRE_GPU();
+  EXPECT_TRUE((*parse_compressor("randk:ratio=0.05+qsgd:levels=7"))->has_cuda());
+  EXPECT_TRUE((*parse_compressor("randk:ratio=0.05,shared=0+natural"))->has_cuda());
+  EXPECT_FALSE((*parse_compressor("randk:ratio=0.05+qsgd:levels=7,coding=elias"))->has_cuda());
   EXPECT_FALSE((*parse_compressor("topk:ratio=0.05+qsgd:levels=7,coding=elias"))->has_cuda());
   EXPECT_FALSE((*parse_compressor("scaled(qsgd:levels=7,coding=elias)"))->has_cuda());
 }
@@ -323,7 +420,7 @@ TEST(CudaFeedback, StepsMatchCpuRules) {
   REQUIRE_GPU();
   const std::size_t n = 300007;
   for (const char* spec : {"topk:ratio=0.01", "sign", "qsgd:levels=7", "randk:ratio=0.05", "scaled(qsgd:levels=7)",
-                           "topk:ratio=0.01+qsgd:levels=7"}) {
+                           "topk:ratio=0.01+qsgd:levels=7", "randk:ratio=0.05,shared=0+qsgd:levels=7"}) {
     SCOPED_TRACE(spec);
     auto codec = parse_compressor(spec);
     const Compressor& c = **codec;

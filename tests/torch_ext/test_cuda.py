@@ -13,7 +13,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("compressor,feedback", [("topk:ratio=0.05", "econtrol"), ("qsgd:levels=7,coding=elias", "none"),
                                                  ("randk:ratio=0.1", "none"),
                                                  ("scaled(randk:ratio=0.1,shared=0)", "econtrol"),
-                                                 ("topk:ratio=0.05+qsgd:levels=7", "ef14")])
+                                                 ("topk:ratio=0.05+qsgd:levels=7", "ef14"),
+                                                 ("randk:ratio=0.1,shared=0+qsgd:levels=7", "none")])
 def test_ddp_hook_on_cuda_with_nccl(compressor, feedback):
     world = min(2, torch.cuda.device_count())
     res = dist_util.run_world(world, [("cuda", S.cuda_hook, {"compressor": compressor, "feedback": feedback})],
@@ -31,7 +32,9 @@ needs_cuda_ops = pytest.mark.skipif(
 @needs_cuda_ops
 @pytest.mark.parametrize("spec", ["identity", "fp16", "bf16", "sign", "natural", "qsgd:levels=7", "topk:ratio=0.01",
                                   "randk:ratio=0.05", "randk:ratio=0.1,shared=0", "scaled(qsgd:levels=7)",
-                                  "topk:ratio=0.01+qsgd:levels=7"])
+                                  "topk:ratio=0.01+qsgd:levels=7", "randk:ratio=0.05+qsgd:levels=7",
+                                  "randk:ratio=0.1,shared=0,mode=contractive+natural",
+                                  "scaled(randk:ratio=0.05+qsgd:levels=7)", "randk:ratio=0.05+scaled(qsgd:levels=7)"])
 @pytest.mark.parametrize("n", [1, 4097, 1000003])
 def test_cuda_ops_match_cpu_ops_bitwise(spec, n):
     g = torch.Generator().manual_seed(n)
@@ -59,4 +62,5 @@ def test_cuda_ops_errors():
     assert not torch.ops.gradzip.cuda_supported("qsgd:levels=7,coding=elias")
     assert torch.ops.gradzip.cuda_supported("scaled(qsgd:levels=7)")
     assert torch.ops.gradzip.cuda_supported("topk:ratio=0.01+qsgd:levels=7")
-    assert not torch.ops.gradzip.cuda_supported("randk:ratio=0.01+qsgd:levels=7")
+    assert torch.ops.gradzip.cuda_supported("randk:ratio=0.01+qsgd:levels=7")
+    assert not torch.ops.gradzip.cuda_supported("randk:ratio=0.01+qsgd:levels=7,coding=elias")

@@ -1,7 +1,9 @@
 // Internal: host entry points of the CUDA kernels (compressors/src/cuda/*.cu), called from the codecs' encode_cuda /
 // decode_cuda overrides. All buffers are device memory; everything runs on ex.stream. Encoders write the body only
 // (the base class writes the header with write_header); decoders get the complete expected header (`expect`, with
-// the exact body_bytes) and validate the payload's header against it on the device before touching y.
+// the exact body_bytes) and validate the payload's header against it, all 32 bytes, on the device before touching y.
+// expect.flags already holds every bit the payload must carry: the wrapper bits the codec's decode_cuda received in
+// h.flags (kFlagScaledWrapper under scaled()) ORed with the codec's own flags (see Compressor::decode_cuda).
 // Bit-exact with the CPU codecs (same formulas, float operations in the same order, no FMA contraction: the sources
 // are compiled with --fmad=false; reductions in reduce.h's documented order; Philox draws by element index).
 #pragma once
@@ -15,21 +17,6 @@ namespace gradzip::detail::cuda {
 
 Status write_header(const PayloadHeader& h, std::uint8_t* dst, const Exec& ex);
 
-/// Header flag bits that every device decoder adds to the flags of its expected header (this thread, this call).
-/// The scaled() wrapper's inner codec builds its expected header without kFlagScaledWrapper, but the payload's
-/// header carries it and the kernels compare all 32 bytes: ScaledUnbiased::decode_cuda sets the bit for the inner
-/// call with a ScopedWrapperFlags, and compose clears it (0) for its nested payload. Host-side, no device traffic.
-std::uint32_t wrapper_flags();
-class ScopedWrapperFlags {
- public:
-  explicit ScopedWrapperFlags(std::uint32_t flags);
-  ~ScopedWrapperFlags();
-  ScopedWrapperFlags(const ScopedWrapperFlags&) = delete;
-  ScopedWrapperFlags& operator=(const ScopedWrapperFlags&) = delete;
-
- private:
-  std::uint32_t saved_;
-};
 /// kNonFinite naming the first bad index (synchronous), or the kDeviceNonFinite bit (asynchronous).
 Status check_finite(Span<const float> x, const char* op, const Exec& ex);
 
@@ -65,12 +52,20 @@ Status randk_decode(std::size_t k, bool shared, float factor, const RngKey& key,
                     ConstBytes body, Span<float> y, DecodeMode mode, const Exec& ex);
 std::size_t randk_workspace(std::size_t d, std::size_t k);
 
-/// compose(topk:..., <quantizer with CUDA kernels>) (compose.cc's wire): the exact Top-K selection of topk_encode
-/// (ascending indices), the index section (d-bit bitmap when `bitmap`, else the k indices in index_bits(d) bits,
-/// zero-padded to `section_bytes`), then q.encode of the k kept values into the rest of the body (device, same Exec
-/// without its workspace: Top-K is deterministic, so the quantizer sees the caller's RngKey as on the CPU).
-Status compose_topk_encode(std::size_t k, bool bitmap, std::size_t section_bytes, const Compressor& q,
-                           Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex);
+/// The first stage of compose on the device, as Sparsifier::select draws it on the CPU.
+struct ComposeSelect {
+  bool randk = false;        // false: Top-K's exact selection; true: Rand-K's Floyd subset for `key`
+  RngKey key;                // Rand-K: detail::randk_subset_key(config, Exec::rng) (builtin.h)
+  float value_scale = 1.0f;  // v = x_U * value_scale (detail::randk_value_scale: d/k for unbiased Rand-K)
+};
+/// compose(topk|randk:..., <quantizer with CUDA kernels>) (compose.cc's wire): the subset U (ascending indices; Top-K
+/// as topk_encode selects, Rand-K as randk_encode draws), the index section (d-bit bitmap when `bitmap`, else the k
+/// indices in index_bits(d) bits, zero-padded to `section_bytes`), then q.encode of v = x_U * value_scale (k
+/// elements) into the rest of the body, with `qex` (compose.cc's quantizer Exec: ex without its workspace, the seed
+/// mixed for Rand-K, as on the CPU).
+Status compose_encode(std::size_t k, const ComposeSelect& sel, bool bitmap, std::size_t section_bytes,
+                      const Compressor& q, const Exec& qex, Span<const float> x, MutableBytes body,
+                      std::size_t* body_bytes, const Exec& ex);
 /// compose decode (any sparsifier: the indices travel): validates the outer header against `expect` (exact
 /// body_bytes) and the index section on the device, decodes the nested payload with q (reporting to the same status
 /// word), and writes y (scale * values on the indices; overwrite zeroes the rest) only when all of it validated.

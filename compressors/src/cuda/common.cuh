@@ -118,13 +118,6 @@ inline HeaderWords header_words(const PayloadHeader& h) {
   return hw;
 }
 
-/// The expected header of a decoder as kernel words, with this thread's wrapper flags (codecs_cuda.h) added.
-inline HeaderWords expect_words(const PayloadHeader& expect) {
-  PayloadHeader h = expect;
-  h.flags |= wrapper_flags();
-  return header_words(h);
-}
-
 /// Host side of every decoder: the buffer must hold the exact body the expected header announces.
 inline Status check_body_capacity(const PayloadHeader& expect, ConstBytes body, const char* op) {
   if (body.size() < expect.body_bytes)

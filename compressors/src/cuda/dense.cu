@@ -559,7 +559,7 @@ Status identity_decode(const PayloadHeader& expect, ConstBytes body, Span<float>
   StatusWord st;
   GZ_RETURN_IF_ERROR(st.init(ex));
   identity_decode_kernel<<<grid8(y.size()), kThreads, 0, stream_of(ex)>>>(
-      body.data() - kHeaderBytes, expect_words(expect), y.size(), scale, mode == DecodeMode::kAccumulate,
+      body.data() - kHeaderBytes, header_words(expect), y.size(), scale, mode == DecodeMode::kAccumulate,
       aligned(y.data(), 16), y.data(), st.get());
   return st.finish("identity.decode");
 }
@@ -579,7 +579,7 @@ Status half_decode(bool bf16, const PayloadHeader& expect, ConstBytes body, Span
   StatusWord st;
   GZ_RETURN_IF_ERROR(st.init(ex));
   half_decode_kernel<<<grid8(y.size()), kThreads, 0, stream_of(ex)>>>(
-      body.data() - kHeaderBytes, expect_words(expect), y.size(), bf16, scale, mode == DecodeMode::kAccumulate,
+      body.data() - kHeaderBytes, header_words(expect), y.size(), bf16, scale, mode == DecodeMode::kAccumulate,
       aligned(y.data(), 16), y.data(), st.get());
   return st.finish(op);
 }
@@ -608,7 +608,7 @@ Status sign_decode(const PayloadHeader& expect, ConstBytes body, Span<float> y, 
   GZ_RETURN_IF_ERROR(check_body_capacity(expect, body, "sign.decode"));
   StatusWord st;
   GZ_RETURN_IF_ERROR(st.init(ex));
-  sign_decode_kernel<<<grid8(y.size()), kThreads, 0, stream_of(ex)>>>(body.data() - kHeaderBytes, expect_words(expect),
+  sign_decode_kernel<<<grid8(y.size()), kThreads, 0, stream_of(ex)>>>(body.data() - kHeaderBytes, header_words(expect),
                                                                       y.size(), scale, mode == DecodeMode::kAccumulate,
                                                                       aligned(y.data(), 16), y.data(), st.get());
   return st.finish("sign.decode");
@@ -629,7 +629,7 @@ Status natural_decode(const PayloadHeader& expect, ConstBytes body, Span<float> 
   StatusWord st;
   GZ_RETURN_IF_ERROR(st.init(ex));
   natural_decode_kernel<<<grid8(y.size()), kThreads, 0, stream_of(ex)>>>(
-      body.data() - kHeaderBytes, expect_words(expect), y.size(), scale, mode == DecodeMode::kAccumulate,
+      body.data() - kHeaderBytes, header_words(expect), y.size(), scale, mode == DecodeMode::kAccumulate,
       aligned(y.data(), 16), y.data(), st.get());
   return st.finish("natural.decode");
 }
@@ -679,7 +679,7 @@ Status qsgd_decode(std::uint32_t levels, int width, const PayloadHeader& expect,
   GZ_RETURN_IF_ERROR(dispatch_width(width, [&](auto wc) {
     constexpr int W = decltype(wc)::value;
     qsgd_decode_kernel<W><<<grid8(y.size()), kThreads, 0, stream_of(ex)>>>(
-        body.data() - kHeaderBytes, expect_words(expect), y.size(), levels, scale, mode == DecodeMode::kAccumulate,
+        body.data() - kHeaderBytes, header_words(expect), y.size(), levels, scale, mode == DecodeMode::kAccumulate,
         aligned(y.data(), 16), y.data(), st.get());
     return Status::Ok();
   }));

@@ -45,19 +45,6 @@ Status cuda_take_status(std::uint32_t* word, void* stream, const char* op) {
 namespace detail::cuda {
 
 namespace {
-thread_local std::uint32_t t_wrapper_flags = 0;
-}  // namespace
-std::uint32_t wrapper_flags() {
-  return t_wrapper_flags;
-}
-ScopedWrapperFlags::ScopedWrapperFlags(std::uint32_t flags) : saved_(t_wrapper_flags) {
-  t_wrapper_flags = flags;
-}
-ScopedWrapperFlags::~ScopedWrapperFlags() {
-  t_wrapper_flags = saved_;
-}
-
-namespace {
 
 __global__ void write_header_kernel(HeaderWords h, std::uint8_t* dst) {
   const unsigned t = threadIdx.x;

@@ -20,20 +20,13 @@
 // drawn t_j, plus j itself exactly when t_j was already in the set after step j-1. With first(v) = the first step whose
 // draw is v (radix sort of the draws), "v is in the set after step J" is: first(v) <= J, or (v >= d-k, v <= J and t_v
 // is in the set after step v-1) -- a short chain of strictly decreasing values, evaluated per candidate in parallel.
-#include <thrust/iterator/counting_iterator.h>
-#include <thrust/iterator/transform_output_iterator.h>
-#include <thrust/iterator/zip_iterator.h>
-#include <thrust/tuple.h>
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_scan.cuh>
-#include <cub/device/device_select.cuh>
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 
 #include "common.cuh"
 
@@ -66,19 +59,6 @@ struct TopkState {
   std::uint32_t done[4];     // last-block tickets: select, compact, radix rounds 2 and 3 (zeroed by sample_kernel)
 };
 
-/// Output functor of the select: a kept index becomes (index, x bits) in the (cidx, ckey) zip. ckey holds the raw
-/// float bits (the value to send); the selection key is key_of = the bits with the sign cleared.
-struct KeyOut {
-  const float* x;
-  __device__ __forceinline__ thrust::tuple<std::uint32_t, std::uint32_t> operator()(std::uint32_t i) const {
-    return thrust::make_tuple(i, __float_as_uint(__ldg(x + i)));
-  }
-};
-struct GeThreshold {
-  const std::uint32_t* t;
-  __device__ __forceinline__ bool operator()(float v) const { return key_of(v) >= __ldg(t); }
-};
-
 __global__ void sample_kernel(const float* x, std::size_t d, std::size_t j, bool use, TopkState* st) {
   if (threadIdx.x < 4) st->done[threadIdx.x] = 0;
   if (!use) {
@@ -99,32 +79,6 @@ __global__ void sample_kernel(const float* x, std::size_t d, std::size_t j, bool
   __syncthreads();
   if (threadIdx.x == 0) st->t = chosen;
 }
-/// Also zeroes the radix histogram (radix_find_kernel re-zeroes the bins it reads for the next round).
-__global__ void topk_setup_kernel(TopkState* st, std::size_t d, std::size_t k, std::uint32_t* hist) {
-  for (unsigned b = threadIdx.x; b < 2048; b += blockDim.x) hist[b] = 0;
-  if (threadIdx.x != 0) return;
-  st->all = st->count < k ? 1u : 0u;
-  st->nc = st->all ? d : st->count;
-  st->prefix = 0;
-  st->mask = 0;
-  st->rank = static_cast<std::uint32_t>(k);
-}
-/// The select writes (index, key) pairs itself (KeyOut); this fills them for every index only in the fallback.
-__global__ void gather_keys_kernel(const float* x, TopkState* st, std::uint32_t* cidx, std::uint32_t* ckey) {
-  const bool all = st->all != 0;
-  if (!all) return;
-  const std::size_t nc = st->nc;
-  for (std::size_t i = tid(); i < nc; i += nthreads()) {
-    std::uint32_t idx;
-    if (all) {
-      idx = static_cast<std::uint32_t>(i);
-      cidx[i] = idx;
-    } else {
-      idx = cidx[i];
-    }
-    ckey[i] = __float_as_uint(x[idx]);
-  }
-}
 /// Every block calls this once (all threads) after its global writes; true in the block that arrives last, which
 /// then sees every other block's writes (threadfence-reduction pattern).
 __device__ __forceinline__ bool last_block(std::uint32_t* ticket) {
@@ -143,7 +97,7 @@ __device__ __forceinline__ void hist_add(std::uint32_t* h, bool active, std::uin
   if (active && (__ffs(peers) - 1) == static_cast<int>(threadIdx.x & 31u))
     atomicAdd(&h[bin], static_cast<unsigned>(__popc(peers)));
 }
-/// radix_find_kernel's work done by one block of kThreads (the last block of a histogram kernel): finds the digit
+/// A radix round's find, done by one block of kThreads (the last block of a histogram kernel): finds the digit
 /// holding rank st->rank counting from the largest digit, and clears the bins it read.
 __device__ void radix_find_block(std::uint32_t* hist, TopkState* st, int shift, std::uint32_t digit_mask) {
   using Scan = cub::BlockScan<std::uint32_t, kThreads>;
@@ -181,7 +135,8 @@ __device__ void radix_find_block(std::uint32_t* hist, TopkState* st, int shift, 
     }
   }
 }
-/// With a ticket, the last block also runs the round's find (no separate radix_find_kernel launch).
+/// One radix round's histogram over the candidates whose key matches the prefix; the last block to finish (ticket)
+/// also runs the round's find (no separate launch).
 __global__ void radix_hist_kernel(const std::uint32_t* ckey, TopkState* st, int shift, std::uint32_t digit_mask,
                                   std::uint32_t* hist, std::uint32_t* ticket) {
   __shared__ std::uint32_t h[2048];
@@ -203,38 +158,10 @@ __global__ void radix_hist_kernel(const std::uint32_t* ckey, TopkState* st, int 
   __syncthreads();
   for (unsigned b = threadIdx.x; b <= digit_mask; b += blockDim.x)
     if (h[b]) atomicAdd(&hist[b], h[b]);
-  if (ticket == nullptr || !last_block(ticket)) return;
+  if (!last_block(ticket)) return;
   radix_find_block(hist, st, shift, digit_mask);
 }
-/// One block of 1024 threads: finds the digit holding rank st->rank counting from the largest digit.
-__global__ void radix_find_kernel(std::uint32_t* hist, TopkState* st, int shift, std::uint32_t digit_mask) {
-  using Scan = cub::BlockScan<std::uint32_t, 1024>;
-  __shared__ typename Scan::TempStorage tmp;
-  const unsigned t = threadIdx.x;
-  const unsigned bins = digit_mask + 1;  // 1024 or 2048; position p counts from the top digit
-  const unsigned per = bins / 1024;
-  std::uint32_t c[2] = {0, 0};
-  for (unsigned q = 0; q < per; ++q) {
-    std::uint32_t* b = hist + (bins - 1 - (t * per + q));
-    c[q] = *b;
-    *b = 0;  // ready for the next round (each bin is read and cleared by one thread)
-  }
-  std::uint32_t before = 0;
-  Scan(tmp).ExclusiveSum(c[0] + c[1], before);
-  const std::uint32_t r = st->rank;
-  __syncthreads();
-  std::uint32_t acc = before;
-  for (unsigned q = 0; q < per; ++q) {
-    if (r > acc && r <= acc + c[q]) {
-      const std::uint32_t digit = bins - 1 - (t * per + q);
-      st->prefix |= digit << shift;
-      st->mask |= digit_mask << shift;
-      st->rank = r - acc;
-    }
-    acc += c[q];
-  }
-}
-/// The candidate pass of the fast path: block b reads tile b of x (kTile floats, 16-byte loads when x is aligned)
+/// The candidate pass of the Top-K encode: block b reads tile b of x (kTile floats, 16-byte loads when x is aligned)
 /// and writes its candidates |x| bits >= t, in index order, to its own segment sidx/skey[b * kTile ...] and their
 /// number to seg_count[b]. The last block scans the counts into seg_off, sets up the radix select (count, fallback,
 /// rank) and zeroes the histogram.
@@ -674,88 +601,13 @@ std::size_t randk_workspace(std::size_t d, std::size_t k) {
 
 namespace {
 
-Status topk_encode_cub(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex) {
-  const std::size_t d = x.size();
-  const cudaStream_t s = stream_of(ex);
-  const bool bitmap = use_bitmap(d, k);
-  const int ib = index_bits(d);
-  const std::size_t bytes = bits_to_bytes(bitmap ? d + 32ull * k : k * (32ull + ib));
-  // CUB's scratch for the order-preserving select.
-  std::size_t sel_bytes = 0;
-  const thrust::counting_iterator<std::uint32_t> it(0);
-  const auto key_out = [&](std::uint32_t* ci, std::uint32_t* ck) {
-    return thrust::make_transform_output_iterator(thrust::make_zip_iterator(thrust::make_tuple(ci, ck)),
-                                                  KeyOut{x.data()});
-  };
-  // 32-bit offsets whenever they fit: CUB's select runs its fast tuned path with them (measured on the H100: the
-  // 64-bit-offset instantiation moved x at about half the copy bandwidth).
-  const bool small = d <= 0x7fffffffu;
-  const auto run_select = [&](void* tmp, std::size_t& tmp_bytes, std::uint32_t* ci, std::uint32_t* ck,
-                              unsigned long long* count, const std::uint32_t* t) {
-    return small ? cub::DeviceSelect::FlaggedIf(tmp, tmp_bytes, it, x.data(), key_out(ci, ck), count,
-                                                static_cast<int>(d), GeThreshold{t}, s)
-                 : cub::DeviceSelect::FlaggedIf(tmp, tmp_bytes, it, x.data(), key_out(ci, ck), count,
-                                                static_cast<std::int64_t>(d), GeThreshold{t}, s);
-  };
-  GZ_CUDA_CHECK(run_select(nullptr, sel_bytes, nullptr, nullptr, nullptr, nullptr));
-  Scratch sc;
-  GZ_RETURN_IF_ERROR(sc.init(2 * Scratch::round(4 * d) + 2 * Scratch::round(4 * k) + Scratch::round(sizeof(TopkState)) +
-                                 Scratch::round(2048 * 4) + Scratch::round(8 * kFilterBlocks) +
-                                 Scratch::round(sel_bytes),
-                             ex));
-  std::uint32_t* cidx = sc.take<std::uint32_t>(d);
-  std::uint32_t* ckey = sc.take<std::uint32_t>(d);
-  std::uint32_t* kidx = sc.take<std::uint32_t>(k);
-  std::uint32_t* kval = sc.take<std::uint32_t>(k);
-  TopkState* st = sc.take<TopkState>(1);
-  std::uint32_t* hist = sc.take<std::uint32_t>(2048);
-  unsigned long long* counts = sc.take<unsigned long long>(kFilterBlocks);
-  std::uint8_t* sel_tmp = sc.take<std::uint8_t>(sel_bytes);
-
-  // 1. threshold from the sample (0 when the sample cannot help).
-  std::size_t j = kSample;
-  if (d > 2 * static_cast<std::size_t>(kSample)) {
-    const double q = static_cast<double>(k) * kSample / static_cast<double>(d);
-    j = static_cast<std::size_t>(q + 4.0 * std::sqrt(q) + 16.0);
-  }
-  sample_kernel<<<1, 256, 0, s>>>(x.data(), d, j, j < static_cast<std::size_t>(kSample), st);
-  GZ_CUDA_LAUNCH_CHECK();
-  // 2. candidates |x| >= t in index order.
-  GZ_CUDA_CHECK(run_select(sel_tmp, sel_bytes, cidx, ckey, &st->count, &st->t));
-  topk_setup_kernel<<<1, 256, 0, s>>>(st, d, k, hist);
-  GZ_CUDA_LAUNCH_CHECK();
-  const unsigned persistent = 132 * 8;
-  gather_keys_kernel<<<persistent, kThreads, 0, s>>>(x.data(), st, cidx, ckey);
-  GZ_CUDA_LAUNCH_CHECK();
-  // 3. radix select of the k-th largest key.
-  const int shifts[3] = {20, 10, 0};
-  const std::uint32_t masks[3] = {0x7ffu, 0x3ffu, 0x3ffu};
-  for (int round = 0; round < 3; ++round) {
-    radix_hist_kernel<<<persistent, kThreads, 0, s>>>(ckey, st, shifts[round], masks[round], hist, nullptr);
-    GZ_CUDA_LAUNCH_CHECK();
-    radix_find_kernel<<<1, 1024, 0, s>>>(hist, st, shifts[round], masks[round]);
-    GZ_CUDA_LAUNCH_CHECK();
-  }
-  // 4. order-preserving filter down to exactly k.
-  filter_count_kernel<<<kFilterBlocks, kThreads, 0, s>>>(ckey, st, counts);
-  GZ_CUDA_LAUNCH_CHECK();
-  filter_write_kernel<<<kFilterBlocks, kThreads, 0, s>>>(cidx, ckey, st, counts, kidx, kval);
-  GZ_CUDA_LAUNCH_CHECK();
-  // 5. pack.
-  pack_kernel<<<grid_for((bytes + 3) / 4, kThreads), kThreads, 0, s>>>(kidx, kval, k, d, ib, bitmap, body.data(),
-                                                                       bytes);
-  GZ_CUDA_LAUNCH_CHECK();
-  *body_bytes = bytes;
-  return Status::Ok();
-}
-
 std::size_t topk_select_bytes(std::size_t d, std::size_t k) {
   const std::size_t nseg = (d + kTile - 1) / kTile;
   return 4 * Scratch::round(4 * d) + 2 * Scratch::round(4 * k) + Scratch::round(sizeof(TopkState)) +
          Scratch::round(2048 * 4) + Scratch::round(8 * kFilterBlocks) + 2 * Scratch::round(4 * nseg);
 }
 
-/// Steps 1-4 of the default Top-K encode (below): the k kept (index, value bits) in ascending index order, in
+/// Steps 1-4 of the Top-K encode (topk_encode): the k kept (index, value bits) in ascending index order, in
 /// scratch carved from `sc` (initialised with at least topk_select_bytes(d, k)).
 Status topk_select(std::size_t k, Span<const float> x, Scratch& sc, std::uint32_t** kidx_out, std::uint32_t** kval_out,
                    cudaStream_t s) {
@@ -804,30 +656,7 @@ Status topk_select(std::size_t k, Span<const float> x, Scratch& sc, std::uint32_
   return Status::Ok();
 }
 
-/// The default Top-K encode: sample, our own candidate pass (select_kernel), compaction + radix round 1, rounds 2-3,
-/// filter, pack (8 launches, no CUB device-wide select). GRADZIP_TOPK_SELECT=cub picks topk_encode_cub (the previous
-/// path, same output) for comparisons.
-Status topk_encode_fast(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes,
-                        const Exec& ex) {
-  const std::size_t d = x.size();
-  const cudaStream_t s = stream_of(ex);
-  const bool bitmap = use_bitmap(d, k);
-  const int ib = index_bits(d);
-  const std::size_t bytes = bits_to_bytes(bitmap ? d + 32ull * k : k * (32ull + ib));
-  Scratch sc;
-  GZ_RETURN_IF_ERROR(sc.init(topk_select_bytes(d, k), ex));
-  std::uint32_t* kidx = nullptr;
-  std::uint32_t* kval = nullptr;
-  GZ_RETURN_IF_ERROR(topk_select(k, x, sc, &kidx, &kval, s));
-  // 5. pack.
-  pack_kernel<<<grid_for((bytes + 3) / 4, kThreads), kThreads, 0, s>>>(kidx, kval, k, d, ib, bitmap, body.data(),
-                                                                       bytes);
-  GZ_CUDA_LAUNCH_CHECK();
-  *body_bytes = bytes;
-  return Status::Ok();
-}
-
-// ---- compose(topk, quantizer)
+// ---- compose(topk|randk, quantizer)
 // ----------------------------------------------------------------------------------------
 /// Word w of compose's index section: k indices in ib bits each (LSB first), or the d-bit membership bitmap.
 __global__ void compose_section_kernel(const std::uint32_t* kidx, std::size_t k, std::size_t d, int ib, bool bitmap,
@@ -910,6 +739,10 @@ __global__ void compose_zero_kernel(const std::uint8_t* payload, HeaderWords e, 
   if (!block_header_ok(payload, e, const_cast<std::uint32_t*>(status)) || *status != 0) return;
   for (std::size_t i = tid(); i < n; i += nthreads()) y[i] = 0.0f;
 }
+/// v[i] = float(kval[i]) * f (compose's Rand-K values times d/k; --fmad=false, one rounding as on the CPU).
+__global__ void scale_values_kernel(const std::uint32_t* kval, std::size_t k, float f, float* v) {
+  for (std::size_t i = tid(); i < k; i += nthreads()) v[i] = __uint_as_float(kval[i]) * f;
+}
 __global__ void compose_scatter_kernel(const std::uint8_t* payload, HeaderWords e, const std::uint32_t* kidx,
                                        const float* v, std::size_t k, float scale, bool acc, float* y,
                                        std::uint32_t* status) {
@@ -923,12 +756,25 @@ __global__ void compose_scatter_kernel(const std::uint8_t* payload, HeaderWords 
 
 }  // namespace
 
+/// Top-K encode: sample, candidate pass (select_kernel), compaction + radix round 1, rounds 2-3, filter (topk_select),
+/// pack: 8 launches.
 Status topk_encode(std::size_t k, Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex) {
-  static const bool use_cub = [] {
-    const char* v = std::getenv("GRADZIP_TOPK_SELECT");
-    return v != nullptr && std::strcmp(v, "cub") == 0;
-  }();
-  return use_cub ? topk_encode_cub(k, x, body, body_bytes, ex) : topk_encode_fast(k, x, body, body_bytes, ex);
+  const std::size_t d = x.size();
+  const cudaStream_t s = stream_of(ex);
+  const bool bitmap = use_bitmap(d, k);
+  const int ib = index_bits(d);
+  const std::size_t bytes = bits_to_bytes(bitmap ? d + 32ull * k : k * (32ull + ib));
+  Scratch sc;
+  GZ_RETURN_IF_ERROR(sc.init(topk_select_bytes(d, k), ex));
+  std::uint32_t* kidx = nullptr;
+  std::uint32_t* kval = nullptr;
+  GZ_RETURN_IF_ERROR(topk_select(k, x, sc, &kidx, &kval, s));
+  // 5. pack.
+  pack_kernel<<<grid_for((bytes + 3) / 4, kThreads), kThreads, 0, s>>>(kidx, kval, k, d, ib, bitmap, body.data(),
+                                                                       bytes);
+  GZ_CUDA_LAUNCH_CHECK();
+  *body_bytes = bytes;
+  return Status::Ok();
 }
 
 Status topk_decode(std::size_t k, const PayloadHeader& expect, ConstBytes body, Span<float> y, DecodeMode mode,
@@ -937,7 +783,7 @@ Status topk_decode(std::size_t k, const PayloadHeader& expect, ConstBytes body, 
   const std::size_t d = y.size();
   const cudaStream_t s = stream_of(ex);
   const std::uint8_t* payload = body.data() - kHeaderBytes;
-  const HeaderWords hw = expect_words(expect);
+  const HeaderWords hw = header_words(expect);
   const bool acc = mode == DecodeMode::kAccumulate;
   StatusWord st;
   GZ_RETURN_IF_ERROR(st.init(ex));
@@ -997,7 +843,7 @@ Status randk_decode(std::size_t k, bool shared, float factor, const RngKey& key,
   const std::size_t d = y.size();
   const cudaStream_t s = stream_of(ex);
   const std::uint8_t* payload = body.data() - kHeaderBytes;
-  const HeaderWords hw = expect_words(expect);
+  const HeaderWords hw = header_words(expect);
   const bool acc = mode == DecodeMode::kAccumulate;
   StatusWord st;
   GZ_RETURN_IF_ERROR(st.init(ex));
@@ -1023,28 +869,40 @@ Status randk_decode(std::size_t k, bool shared, float factor, const RngKey& key,
 
 namespace gradzip::detail::cuda {
 
-Status compose_topk_encode(std::size_t k, bool bitmap, std::size_t section_bytes, const Compressor& q,
-                           Span<const float> x, MutableBytes body, std::size_t* body_bytes, const Exec& ex) {
+Status compose_encode(std::size_t k, const ComposeSelect& sel, bool bitmap, std::size_t section_bytes,
+                      const Compressor& q, const Exec& qex, Span<const float> x, MutableBytes body,
+                      std::size_t* body_bytes, const Exec& ex) {
   const std::size_t d = x.size();
   const cudaStream_t s = stream_of(ex);
   if (body.size() < section_bytes)
     return Status::Internal("compose.encode (CUDA): body smaller than the index section");
   Scratch sc;
-  GZ_RETURN_IF_ERROR(sc.init(topk_select_bytes(d, k) + Scratch::round(4 * k), ex));
+  GZ_RETURN_IF_ERROR(
+      sc.init((sel.randk ? randk_workspace(d, k) : topk_select_bytes(d, k)) + Scratch::round(4 * k), ex));
   float* v = sc.take<float>(k);
   std::uint32_t* kidx = nullptr;
   std::uint32_t* kval = nullptr;
-  GZ_RETURN_IF_ERROR(topk_select(k, x, sc, &kidx, &kval, s));
+  if (sel.randk) {
+    // randk_encode's draw: the same subset for the same key, ascending, with the raw value bits.
+    kidx = sc.take<std::uint32_t>(k);
+    kval = sc.take<std::uint32_t>(k);
+    GZ_RETURN_IF_ERROR(randk_subset(d, k, sel.key, x.data(), sc, kidx, kval, s));
+  } else {
+    GZ_RETURN_IF_ERROR(topk_select(k, x, sc, &kidx, &kval, s));
+  }
   if (section_bytes > 0) {
     compose_section_kernel<<<grid_for((section_bytes + 3) / 4, kThreads), kThreads, 0, s>>>(
         kidx, k, d, index_bits(d), bitmap, body.data(), section_bytes);
     GZ_CUDA_LAUNCH_CHECK();
   }
-  // v = x_U * 1.0f: Top-K keeps the values unscaled (x * 1.0f == x bit for bit), so the kept bits are copied.
-  GZ_CUDA_CHECK(cudaMemcpyAsync(v, kval, 4 * k, cudaMemcpyDeviceToDevice, s));
-  Exec qex = ex;
-  qex.workspace = MutableBytes();
-  qex.check_finite = false;  // v is part of x, which the base class scanned (or the caller turned the scan off)
+  if (sel.value_scale == 1.0f) {
+    // v = x_U * 1.0f: the kept values unscaled (x * 1.0f == x bit for bit), so the kept bits are copied.
+    GZ_CUDA_CHECK(cudaMemcpyAsync(v, kval, 4 * k, cudaMemcpyDeviceToDevice, s));
+  } else {
+    // v = x_U * (d/k), one float multiplication per element as in compose.cc's encode_cpu.
+    scale_values_kernel<<<grid_for(k, kThreads), kThreads, 0, s>>>(kval, k, sel.value_scale, v);
+    GZ_CUDA_LAUNCH_CHECK();
+  }
   std::size_t nested = 0;
   GZ_RETURN_IF_ERROR(q.encode(Span<const float>(v, k),
                               MutableBytes(body.data() + section_bytes, body.size() - section_bytes), &nested, qex));
@@ -1059,7 +917,7 @@ Status compose_decode(std::size_t k, bool bitmap, std::size_t section_bytes, con
   const std::size_t d = y.size();
   const cudaStream_t s = stream_of(ex);
   const std::uint8_t* payload = body.data() - kHeaderBytes;
-  const HeaderWords hw = expect_words(expect);
+  const HeaderWords hw = header_words(expect);
   StatusWord st;
   GZ_RETURN_IF_ERROR(st.init(ex));
   const std::size_t words = (d + 31) / 32;
@@ -1092,9 +950,9 @@ Status compose_decode(std::size_t k, bool bitmap, std::size_t section_bytes, con
     GZ_CUDA_LAUNCH_CHECK();
   }
   // 2. the nested quantizer payload (exactly the rest of the expected body) into v; its kernels validate its own
-  //    header and report to the same status word (no synchronisation). No scaled() bit is expected there.
+  //    header and report to the same status word (no synchronisation). q's public decode expects q's own wrapper
+  //    bits only (none for a plain quantizer), whatever wrapper bits the outer header carries.
   {
-    ScopedWrapperFlags plain(0);
     Exec qex = ex;
     qex.workspace = MutableBytes();
     qex.device_status = st.get();

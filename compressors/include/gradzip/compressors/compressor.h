@@ -90,9 +90,14 @@ class Compressor {
                             const Exec& ex) const = 0;
   /// CUDA seams (device buffers). encode_cuda: like encode_cpu; the base class then writes the header into device
   /// memory with a kernel (no host round trip). decode_cuda: the base class cannot read a header in device memory,
-  /// so `h` holds only what it expects (codec_id, numel, flags = required_wrapper_flags()) and `body` spans the
-  /// whole rest of the payload buffer; the codec completes the expected header (flags, params, exact body_bytes)
-  /// and its kernels compare it with the payload's on the device before touching y.
+  /// so `h` holds only what it expects (codec_id, numel, flags) and `body` spans the whole rest of the payload
+  /// buffer; the codec completes the expected header (flags, params, exact body_bytes) and its kernels compare all
+  /// of it with the payload's on the device before touching y.
+  /// Flags rule: h.flags = the wrapper bits the payload must carry; the codec ORs its own flags into the expected
+  /// header (e.flags = h.flags | own), never overwrites them. The base class starts from required_wrapper_flags();
+  /// a wrapper (scaled()) calls its inner codec's decode_cuda with its own bit kept set in h.flags; a nested payload
+  /// (compose's quantizer) is decoded through the public decode(), so it starts again from the nested codec's
+  /// required_wrapper_flags() (0 for a plain quantizer), whatever wraps the outer payload.
   virtual Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
                              const Exec& ex) const;
   virtual Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
