@@ -5,7 +5,8 @@
 // For each size: the D2D copy (cudaMemcpyAsync, bytes read + written), then for each codec the median time of encode
 // and of decode-accumulate (CUDA events around each call, after warm-up), the bytes each must move (encode: the
 // passes over x its algorithm needs + the payload written; decode-accumulate: payload read + y read and written, or
-// only the touched entries for sparse codecs), and the ratio of that bandwidth to the copy's. Top-K reports time
+// only the touched entries for sparse codecs), and the ratio of that bandwidth to the copy's. lowrank:rank=4 runs
+// warm-started (a LowRankState, Q on the device) and reads x twice (M Q, then M^T P). Top-K reports time
 // only (its work is a selection; compare with torch.topk in bench_torch.py). Exec::device_status is set and
 // check_finite is off, so no call synchronises (as in the DDP hook).
 #include <cuda_runtime.h>
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "gradzip/compressors/codecs.h"
 #include "gradzip/compressors/cuda.h"
 #include "gradzip/compressors/registry.h"
 
@@ -77,9 +79,9 @@ int main(int argc, char** argv) {
     std::printf("no CUDA device\n");
     return 0;
   }
-  const char* specs[] = {"identity",        "fp16",        "bf16",        "sign",
-                         "natural",         "qsgd:bits=4", "qsgd:bits=8", "topk:ratio=0.01",
-                         "randk:ratio=0.01"};
+  const char* specs[] = {"identity",         "fp16",          "bf16",        "sign",
+                         "natural",          "qsgd:bits=4",   "qsgd:bits=8", "topk:ratio=0.01",
+                         "randk:ratio=0.01", "lowrank:rank=4"};
   std::string out = "[";
   std::printf("%-18s %12s %10s %10s %8s %10s %10s %8s\n", "codec", "numel", "enc ms", "enc GB/s", "xcopy", "dec ms",
               "dec GB/s", "xcopy");
@@ -117,6 +119,8 @@ int main(int argc, char** argv) {
       ex.check_finite = false;
       ex.device_status = word;
       ex.workspace = MutableBytes(ws, ws_bytes);
+      LowRankState lr_state;  // lowrank: warm-started after the first call, Q kept on the device (as in training)
+      if (cd.traits(n).stateful) ex.state = &lr_state;
       const std::size_t cap = cd.max_encoded_bytes(n);
       std::size_t w = 0;
       const double enc = median_ms(iters, [&] {
@@ -139,7 +143,8 @@ int main(int argc, char** argv) {
       const bool sparse = sp.rfind("topk", 0) == 0 || sp.rfind("randk", 0) == 0;
       // Bytes each must move. Encode: reads of x (QSGD and its norm pass: 2; the others 1) + payload written.
       // Decode-accumulate: payload read + y read and written (dense), or the kept entries' y read and written.
-      const double x_reads = sp.rfind("qsgd", 0) == 0 ? 2.0 : 1.0;
+      const double x_reads =
+          sp.rfind("qsgd", 0) == 0 || sp.rfind("lowrank", 0) == 0 ? 2.0 : 1.0;  // lowrank: M Q, M^T P
       const double enc_bytes = sparse ? 4.0 * n + w : x_reads * 4.0 * n + w;
       const double kept = sparse ? static_cast<double>(cd.traits(n).delta > 0 ? cd.traits(n).delta * n : 0.01 * n) : 0;
       const double dec_bytes = sparse ? w + 8.0 * kept : w + 8.0 * n;

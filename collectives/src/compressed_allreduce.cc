@@ -20,78 +20,8 @@ namespace detail {
 
 namespace {
 
-// The lowrank codec's cold-start Q: standard normals by Box-Muller from the counter RNG (lowrank.cc).
-void draw_gaussian(const RngKey& key, float* q, std::size_t count) {
-  const CounterRng rng(key);
-  constexpr double kTwoPi = 6.283185307179586476925286766559;
-  for (std::size_t k = 0; k < count; ++k) {
-    const double u1 = static_cast<double>((rng.u32(2 * k) >> 8) + 1u) * 0x1p-24;
-    const double u2 = static_cast<double>(rng.u32(2 * k + 1) >> 8) * 0x1p-24;
-    q[k] = static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(kTwoPi * u2));
-  }
-}
-
 SyncStats& stats_or(SyncStats* st, SyncStats& dummy) {
   return st != nullptr ? *st : dummy;
-}
-
-// Calls f(std::integral_constant<int, W>, l0) for column chunks [l0, l0 + W) of width 4 (then 3, 2 or 1), so the
-// kernels below keep W accumulators in registers whatever r is (as the lowrank codec does).
-template <class F>
-void for_column_chunks(std::size_t r, F&& f) {
-  std::size_t l0 = 0;
-  for (; l0 + 4 <= r; l0 += 4) f(std::integral_constant<int, 4>{}, l0);
-  switch (r - l0) {
-    case 3:
-      f(std::integral_constant<int, 3>{}, l0);
-      break;
-    case 2:
-      f(std::integral_constant<int, 2>{}, l0);
-      break;
-    case 1:
-      f(std::integral_constant<int, 1>{}, l0);
-      break;
-    default:
-      break;
-  }
-}
-
-// P[i][l0 + w] = float(sum_{j ascending} M[i][j] Q[j][l0 + w]) in double (M = x as m x n, the padding skipped).
-template <int W>
-void mul_mq(const float* x, std::size_t d, std::size_t m, std::size_t n, const float* Q, std::size_t r, std::size_t l0,
-            float* P) {
-  for (std::size_t i = 0; i < m; ++i) {
-    const float* row = x + i * n;
-    const std::size_t len = std::min(n, d - i * n);
-    double acc[W] = {};
-    for (std::size_t j = 0; j < len; ++j) {
-      const double xv = row[j];
-      const float* q = Q + j * r + l0;
-      for (int w = 0; w < W; ++w) acc[w] += xv * static_cast<double>(q[w]);
-    }
-    for (int w = 0; w < W; ++w) P[i * r + l0 + w] = static_cast<float>(acc[w]);
-  }
-}
-
-// Qc[j * W + w] += sum_{i ascending} M[i][j] P[i][l0 + w] in double: the chunk-major block of columns [l0, l0 + W),
-// tiled over j so the block stays in cache; each entry is still summed over i ascending.
-template <int W>
-void mul_mtp(const float* x, std::size_t d, std::size_t m, std::size_t n, const float* P, std::size_t r, std::size_t l0,
-             double* __restrict Qc) {
-  constexpr std::size_t kTile = 1024;
-  for (std::size_t j0 = 0; j0 < n; j0 += kTile) {
-    const std::size_t j1 = std::min(n, j0 + kTile);
-    for (std::size_t i = 0; i < m; ++i) {
-      const float* __restrict row = x + i * n;
-      const std::size_t end = std::min(j1, d - i * n);
-      double pw[W];
-      for (int w = 0; w < W; ++w) pw[w] = P[i * r + l0 + w];
-      for (std::size_t j = j0; j < end; ++j) {
-        const double xv = row[j];
-        for (int w = 0; w < W; ++w) Qc[j * W + w] += xv * pw[w];
-      }
-    }
-  }
 }
 
 }  // namespace
@@ -327,25 +257,30 @@ Status Pipeline::lowrank(Span<const float> p, Span<float> out, LowRankState* sta
   SyncStats& s = stats_or(st, dummy);
   const std::size_t d = numel_, m = shape_.m, n = shape_.n, r = shape_.r;
   Timer t;
-  const bool warm =
-      state != nullptr && state->rows == m && state->cols == n && state->rank == r && state->q.size() == n * r;
+  // A state whose Q is on the device (its last encode ran there) is brought back first; a failure joins the first
+  // allreduce with nothing, so the other ranks fail at once.
+  const Status pre = state != nullptr ? state->sync_to_host() : Status::Ok();
+  const bool warm = pre.ok() && state != nullptr && state->rows == m && state->cols == n && state->rank == r &&
+                    state->q.size() == n * r;
   const float* Q = nullptr;
   if (warm) {
     Q = state->q.data();
   } else {
     RngKey k = cold;
     k.rank = 0;  // every rank draws the same Q
-    draw_gaussian(k, q_.data(), n * r);
+    detail::lowrank_draw_gaussian(k, q_.data(), n * r);
     Q = q_.data();
   }
   float* P = pay_.data() + kHeaderBytes / 4;
   float* Qo = P + m * r;
   const float* x = p.data();
-  // P_i = M_i Q (double accumulation, j ascending).
-  for_column_chunks(r, [&](auto w, std::size_t l0) { mul_mq<decltype(w)::value>(x, d, m, n, Q, r, l0, P); });
+  // P_i = M_i Q (lowrank_math.h: double accumulation, j ascending), rounded to float for the allreduce.
+  detail::lowrank_mul_mq(x, d, m, n, Q, r, pd_.data());
+  for (std::size_t k = 0; k < m * r; ++k) P[k] = static_cast<float>(pd_[k]);
   s.compress_s += t.lap();
-  Status g = comm_->allreduce_sum(Span<float>(P, m * r), ex);
+  Status g = comm_->allreduce_sum(pre.ok() ? Span<float>(P, m * r) : Span<float>(), ex);
   s.comm_s += t.lap();
+  GZ_RETURN_IF_ERROR(pre);
   GZ_RETURN_IF_ERROR(g);
   const std::size_t bp = allreduce_bytes(m * r, n_, rank_);
   s.bytes_sent += bp;
@@ -353,23 +288,15 @@ Status Pipeline::lowrank(Span<const float> p, Span<float> out, LowRankState* sta
   // Orthonormalise sum_i P_i (scale-free), round to float: the values every rank decodes with.
   for (std::size_t k = 0; k < m * r; ++k) pd_[k] = P[k];
   detail::orthonormalise_columns(pd_.data(), m, r, res_.data());
-  for (std::size_t k = 0; k < m * r; ++k) P[k] = static_cast<float>(pd_[k]);
-  // Q_i = M_i^T P (double accumulation, i ascending), chunk-major in qd_, then row-major floats into the payload.
-  std::fill(qd_.begin(), qd_.end(), 0.0);
-  for_column_chunks(
-      r, [&](auto w, std::size_t l0) { mul_mtp<decltype(w)::value>(x, d, m, n, P, r, l0, qd_.data() + n * l0); });
-  bool finite = true;
-  for_column_chunks(r, [&](auto wc, std::size_t l0) {
-    constexpr int W = decltype(wc)::value;
-    const double* Qc = qd_.data() + n * l0;
-    for (std::size_t j = 0; j < n; ++j) {
-      for (int w = 0; w < W; ++w) {
-        const float f = static_cast<float>(Qc[j * W + w]);
-        Qo[j * r + l0 + w] = f;
-        finite = finite && std::isfinite(f);
-      }
-    }
-  });
+  for (std::size_t k = 0; k < m * r; ++k) {
+    P[k] = static_cast<float>(pd_[k]);
+    pd_[k] = P[k];
+  }
+  // Q_i = M_i^T P (double accumulation, i ascending), row-major floats into the payload; every entry must satisfy
+  // |v| <= FLT_MAX (the codec's rule).
+  double bad_value = 0.0;
+  const bool finite = detail::lowrank_mul_mtp(x, d, m, n, pd_.data(), r, qd_.data(),
+                                              reinterpret_cast<std::uint8_t*>(Qo), &bad_value) == n * r;
   PayloadHeader h;
   h.codec_id = static_cast<std::uint16_t>(CodecId::kLowRank);
   h.numel = d;

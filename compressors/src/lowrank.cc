@@ -13,12 +13,13 @@
 //                u1 = ((u32(2k) >> 8) + 1) 2^-24 in (0, 1] and u2 = (u32(2k+1) >> 8) 2^-24.
 //   P  (m x r) = M Q (double accumulation, j ascending)
 //   P <- orthonormal columns: modified Gram-Schmidt in double, each column orthogonalised twice against the
-//        previous ones ("twice is enough"). A degenerate column (norm 0 or NaN before, or its residual <= 1e-10
-//        times its norm after, i.e. linearly dependent in double precision) is replaced by the unit basis vector
-//        e_i maximising 1 - sum_{l<k} P[i][l]^2 (lowest i on ties) orthogonalised against the previous columns.
-//        Such an e_i has residual >= (m - k)/m > 0 since k < r <= m. Replacing instead of zeroing keeps the
-//        warm start alive: with zeroed columns a single all-zero gradient would make Q' = 0 and every later call
-//        would be stuck at P = M 0 = 0. P is then rounded to float (the values the decoder sees).
+//        previous ones ("twice is enough"); column dot products in lowrank_math.h's fixed order (1024 lanes of
+//        i ascending, combined by a pairwise tree), so that one CUDA block reproduces them. A degenerate column (norm 0
+//        or NaN before, or its residual <= 1e-10 times its norm after, i.e. linearly dependent in double precision) is
+//        replaced by the unit basis vector e_i maximising 1 - sum_{l<k} P[i][l]^2 (lowest i on ties) orthogonalised
+//        against the previous columns. Such an e_i has residual >= (m - k)/m > 0 since k < r <= m. Replacing instead of
+//        zeroing keeps the warm start alive: with zeroed columns a single all-zero gradient would make Q' = 0 and every
+//        later call would be stuck at P = M 0 = 0. P is then rounded to float (the values the decoder sees).
 //   Q' (n x r) = M^T P (double accumulation, i ascending), rounded to float.
 //   C(x) = P Q'^T (m x n) read back as a flat vector, the padding dropped. Because P has orthonormal columns,
 //   C = P P^T M is the orthogonal projection of M's columns onto span(P), so ||C(x) - x||^2 = ||x||^2 -
@@ -38,23 +39,103 @@
 // with check_finite = false); kInvalidPayload from decode.
 // Traits: kBiased, delta 0 (no worst-case contraction for one step), stateful, deterministic = false: the output
 // depends on the state and, on a cold start, on Exec::rng. For a fixed (x, state contents, RngKey) the result is
-// bit-reproducible on one host (Box-Muller uses the C library's log/cos; a CUDA port must draw Q on the host or
-// accept last-ulp differences in the cold-start Q only).
-// Workspace: workspace_bytes(d) bytes of scratch through Exec::workspace; without one the call allocates.
+// bit-reproducible on one host (Box-Muller uses the C library's log/cos).
+// Workspace: workspace_bytes(d, device) bytes of scratch through Exec::workspace; without one the call allocates.
 // Thread-safety: the codec is immutable; the state is the caller's and must not be shared by concurrent calls.
+//
+// CUDA (has_cuda(); kernels in cuda/lowrank.cu, math shared through lowrank_math.h): the same formulas and
+// summation orders, so the payload and the decoded floats are bit-identical to the CPU's for the same Q (warm start)
+// and, on a cold start, identical except where the device's double log/cos (1-2 ulp) moves a Q entry across a float
+// rounding boundary (about 1e-8 per entry; the factors then differ by float rounding only). The warm-start state
+// stays on the device (LowRankState, codecs.h): a device encode reads Q from and writes Q' to device memory owned by
+// the state, and decides warm or cold on the device (a validity word), so no call copies between host and device;
+// Q' is committed only when no entry overflowed (an asynchronous failure keeps the previous Q, as on the CPU; a
+// failed call that changed the state's shape leaves it cold). Decode validates the payload header (flags = the
+// wrapper bits the caller requires, param0 = rank, param1 = n, exact body_bytes) on the device before touching y.
 #include <algorithm>
-#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "builtin.h"
+#include "gradzip/compressors/config.h"
 #include "gradzip/compressors/lowrank_math.h"
 #include "gradzip/compressors/rng.h"
+#if GRADZIP_HAS_CUDA
+#include "cuda/lowrank_cuda.h"
+#endif
 
 namespace gradzip {
+
+namespace detail {
+// LowRankState's device copy (codecs.h), for the codec below.
+struct LowRankStateAccess {
+#if GRADZIP_HAS_CUDA
+  static cuda::LowRankDeviceQ* device_q(LowRankState& s) {
+    if (s.device_ == nullptr) s.device_ = new cuda::LowRankDeviceQ();
+    return static_cast<cuda::LowRankDeviceQ*>(s.device_);
+  }
+  static const cuda::LowRankDeviceQ* device_q(const LowRankState& s) {
+    return static_cast<const cuda::LowRankDeviceQ*>(s.device_);
+  }
+#endif
+  static void set_on_device(LowRankState& s, bool v) {
+    s.device_current_ = v;
+  }
+};
+
+// The current Q of `s` as a host vector (a device copy is downloaded, synchronously).
+Status current_q(const LowRankState& s, std::vector<float>* q) {
+#if GRADZIP_HAS_CUDA
+  if (s.on_device()) {
+    const cuda::LowRankDeviceQ* dq = LowRankStateAccess::device_q(s);
+    if (dq == nullptr) {
+      q->clear();
+      return Status::Ok();
+    }
+    return cuda::lowrank_device_q_download(*dq, q);
+  }
+#endif
+  *q = s.q;
+  return Status::Ok();
+}
+}  // namespace detail
+
+LowRankState::LowRankState(const LowRankState& other)
+    : CompressorState(other), rows(other.rows), cols(other.cols), rank(other.rank) {
+  if (!detail::current_q(other, &q).ok()) q.clear();
+}
+
+LowRankState& LowRankState::operator=(const LowRankState& other) {
+  if (this == &other) return *this;
+  std::vector<float> nq;
+  if (!detail::current_q(other, &nq).ok()) nq.clear();
+  q = std::move(nq);
+  rows = other.rows;
+  cols = other.cols;
+  rank = other.rank;
+  device_current_ = false;  // a device copy of our own stays allocated and is re-uploaded by the next device encode
+  return *this;
+}
+
+LowRankState::~LowRankState() {
+#if GRADZIP_HAS_CUDA
+  if (device_ != nullptr) {
+    auto* dq = static_cast<detail::cuda::LowRankDeviceQ*>(device_);
+    detail::cuda::lowrank_device_q_free(dq);
+    delete dq;
+  }
+#endif
+}
+
+Status LowRankState::sync_to_host() {
+  if (!device_current_) return Status::Ok();
+  GZ_RETURN_IF_ERROR(detail::current_q(*this, &q));
+  device_current_ = false;
+  return Status::Ok();
+}
+
 namespace {
 
 struct View {
@@ -128,11 +209,63 @@ class LowRank final : public Compressor {
     const std::size_t r = std::min<std::size_t>(cfg_.rank, std::min(v.m, v.n));  // valid configs: r = rank
     return kHeaderBytes + 4 * r * (v.m + v.n);
   }
-  std::size_t workspace_bytes(std::size_t numel, Device) const override {
+  std::size_t workspace_bytes(std::size_t numel, Device dev) const override {
     const View v = view_of(numel, cfg_.cols);
     const std::size_t r = std::min<std::size_t>(cfg_.rank, std::min(v.m, v.n));
+#if GRADZIP_HAS_CUDA
+    if (dev == Device::kCuda) return detail::cuda::lowrank_workspace(v.m, v.n, r);
+#else
+    (void)dev;
+#endif
     return std::max(encode_scratch(v, r), decode_scratch(v, r));
   }
+
+#if GRADZIP_HAS_CUDA
+  bool has_cuda() const override {
+    return true;
+  }
+
+ protected:
+  Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
+                     const Exec& ex) const override {
+    const View v = view_of(x.size(), cfg_.cols);
+    const std::size_t m = v.m, n = v.n, r = cfg_.rank;
+    detail::cuda::LowRankDeviceQ* dq = nullptr;
+    if (ex.state != nullptr) {
+      LowRankState* st = dynamic_cast<LowRankState*>(ex.state);
+      if (st == nullptr) return Status::InvalidArgument("lowrank.encode: Exec::state is not a LowRankState");
+      const bool same = st->rows == m && st->cols == n && st->rank == r;
+      const bool host_warm = !st->on_device() && same && st->q.size() == n * r;
+      dq = detail::LowRankStateAccess::device_q(*st);
+      const Status p = detail::cuda::lowrank_device_q_prepare(dq, m, n, r, host_warm ? st->q.data() : nullptr,
+                                                              st->on_device() && same, ex);
+      if (!p.ok()) {  // the device copy may be gone: the next call starts cold
+        detail::LowRankStateAccess::set_on_device(*st, false);
+        st->q.clear();
+        return p;
+      }
+      st->q.clear();  // the current Q is on the device from now on (sync_to_host brings it back)
+      st->rows = m;
+      st->cols = n;
+      st->rank = static_cast<std::uint32_t>(r);
+      detail::LowRankStateAccess::set_on_device(*st, true);
+    }
+    h.param0 = static_cast<std::uint32_t>(r);
+    h.param1 = static_cast<std::uint32_t>(n);
+    return detail::cuda::lowrank_encode(m, n, r, x, body, body_bytes, dq, ex);
+  }
+  Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
+                     const Exec& ex) const override {
+    const View v = view_of(y.size(), cfg_.cols);
+    const std::size_t r = cfg_.rank;
+    PayloadHeader e = h;     // codec id, numel and, in flags, the wrapper bits the payload must carry
+    e.flags = h.flags | 0u;  // lowrank's own flags: none
+    e.param0 = static_cast<std::uint32_t>(r);
+    e.param1 = static_cast<std::uint32_t>(v.n);
+    e.body_bytes = static_cast<std::uint32_t>(4 * r * (v.m + v.n));
+    return detail::cuda::lowrank_decode(v.m, v.n, r, e, body, y, mode, scale, ex);
+  }
+#endif
 
  protected:
   Status check_numel(std::size_t numel) const override {
@@ -159,6 +292,7 @@ class LowRank final : public Compressor {
     if (ex.state != nullptr) {
       st = dynamic_cast<LowRankState*>(ex.state);
       if (st == nullptr) return Status::InvalidArgument("lowrank.encode: Exec::state is not a LowRankState");
+      GZ_RETURN_IF_ERROR(st->sync_to_host());  // the last encode of this state ran on the device
     }
     const bool warm = st != nullptr && st->rows == m && st->cols == n && st->rank == r && st->q.size() == n * r;
 
@@ -174,14 +308,12 @@ class LowRank final : public Compressor {
     if (warm) {
       Q = st->q.data();
     } else {
-      draw_gaussian(ex.rng, qinit, n * r);
+      detail::lowrank_draw_gaussian(ex.rng, qinit, n * r);
       Q = qinit;
     }
 
     const float* xp = x.data();
-    // P = M Q.
-    for_column_chunks(r, [&](auto w, std::size_t l0) { mul_mq<decltype(w)::value>(xp, d, m, n, Q, r, l0, P); });
-
+    detail::lowrank_mul_mq(xp, d, m, n, Q, r, P);  // P = M Q
     detail::orthonormalise_columns(P, m, r, res);
 
     // Round P to the float values the decoder sees, write them, and use them for Q'.
@@ -192,29 +324,13 @@ class LowRank final : public Compressor {
       store_le<float>(out + 4 * k, f);
     }
 
-    // Q' = M^T P.
-    for (std::size_t k = 0; k < n * r; ++k) Qn[k] = 0.0;
-    for_column_chunks(r, [&](auto w, std::size_t l0) { mul_mtp<decltype(w)::value>(xp, d, m, n, P, r, l0, Qn); });
-    // Qn is chunk-major (see mul_mtp); convert to row-major n x r floats while checking the range.
+    // Q' = M^T P, row-major floats after P.
     std::uint8_t* qout = out + 4 * m * r;
-    std::uint32_t bad = 0;
-    for (std::size_t j = 0; j < n; ++j) {
-      for (std::size_t l = 0; l < r; ++l) {
-        const double v = Qn[chunk_index(n, r, j, l)];
-        bad |= static_cast<std::uint32_t>(!(std::fabs(v) <= FLT_MAX));
-        store_le<float>(qout + 4 * (j * r + l), static_cast<float>(v));
-      }
-    }
-    if (bad) {
-      for (std::size_t j = 0; j < n; ++j) {
-        for (std::size_t l = 0; l < r; ++l) {
-          const double v = Qn[chunk_index(n, r, j, l)];
-          if (!(std::fabs(v) <= FLT_MAX))
-            return Status::OutOfRange("lowrank.encode: Q'[", j, "][", l, "] = (M^T P) = ", v,
-                                      " does not fit in float32 (input too large or not finite)");
-        }
-      }
-    }
+    double bad_value = 0.0;
+    const std::size_t bad = detail::lowrank_mul_mtp(xp, d, m, n, P, r, Qn, qout, &bad_value);
+    if (bad < n * r)
+      return Status::OutOfRange("lowrank.encode: Q'[", bad / r, "][", bad % r, "] = (M^T P) = ", bad_value,
+                                " does not fit in float32 (input too large or not finite)");
     if (st != nullptr) {
       st->q.resize(n * r);
       for (std::size_t k = 0; k < n * r; ++k) st->q[k] = load_le<float>(qout + 4 * k);
@@ -280,75 +396,6 @@ class LowRank final : public Compressor {
     return kAlign + round_up(4 * v.m * r) + round_up(4 * r * v.n) + round_up(4 * v.n);
   }
 
-  // Calls f(std::integral_constant<int, W>, l0) for column chunks [l0, l0 + W) of width 4 (then 3, 2 or 1 for the
-  // rest), so that the kernels below keep W accumulators in registers whatever r is.
-  template <class F>
-  static void for_column_chunks(std::size_t r, F&& f) {
-    std::size_t l0 = 0;
-    for (; l0 + 4 <= r; l0 += 4) f(std::integral_constant<int, 4>{}, l0);
-    switch (r - l0) {
-      case 3:
-        f(std::integral_constant<int, 3>{}, l0);
-        break;
-      case 2:
-        f(std::integral_constant<int, 2>{}, l0);
-        break;
-      case 1:
-        f(std::integral_constant<int, 1>{}, l0);
-        break;
-      default:
-        break;
-    }
-  }
-
-  // P[i][l] = sum_{j ascending} M[i][j] Q[j][l] for l in [l0, l0 + W), in double (padding entries are skipped).
-  template <int W>
-  static void mul_mq(const float* xp, std::size_t d, std::size_t m, std::size_t n, const float* Q, std::size_t r,
-                     std::size_t l0, double* P) {
-    for (std::size_t i = 0; i < m; ++i) {
-      const float* row = xp + i * n;
-      const std::size_t len = std::min(n, d - i * n);
-      double acc[W] = {};
-      for (std::size_t j = 0; j < len; ++j) {
-        const double xv = row[j];
-        const float* q = Q + j * r + l0;
-        for (int w = 0; w < W; ++w) acc[w] += xv * static_cast<double>(q[w]);
-      }
-      for (int w = 0; w < W; ++w) P[i * r + l0 + w] = acc[w];
-    }
-  }
-
-  // Index of Q'[j][l] in the chunk-major scratch used by mul_mtp: columns [l0, l0 + W) (W = 4, or what is left)
-  // form an n x W row-major block starting at n * l0, so that the kernel's inner loop is contiguous.
-  static std::size_t chunk_index(std::size_t n, std::size_t r, std::size_t j, std::size_t l) {
-    const std::size_t l0 = l / 4 * 4;
-    const std::size_t w = std::min<std::size_t>(4, r - l0);
-    return n * l0 + j * w + (l - l0);
-  }
-
-  // Q'[j][l] = sum_{i ascending} M[i][j] P[i][l] for l in [l0, l0 + W), in double, accumulated into the
-  // chunk-major block Qc = Qn + n * l0 (Qc[j * W + w]). Tiled over columns so that the accumulated block stays in
-  // L1; the summation order of each entry is i ascending either way.
-  template <int W>
-  static void mul_mtp(const float* xp, std::size_t d, std::size_t m, std::size_t n, const double* P, std::size_t r,
-                      std::size_t l0, double* Qn) {
-    constexpr std::size_t kTile = 1024;
-    double* __restrict Qc = Qn + n * l0;
-    for (std::size_t j0 = 0; j0 < n; j0 += kTile) {
-      const std::size_t j1 = std::min(n, j0 + kTile);
-      for (std::size_t i = 0; i < m; ++i) {
-        const float* __restrict row = xp + i * n;
-        const std::size_t end = std::min(j1, d - i * n);  // the last row may stop short (padding)
-        double pw[W];
-        for (int w = 0; w < W; ++w) pw[w] = P[i * r + l0 + w];
-        for (std::size_t j = j0; j < end; ++j) {
-          const double xv = row[j];
-          for (int w = 0; w < W; ++w) Qc[j * W + w] += xv * pw[w];
-        }
-      }
-    }
-  }
-
   // tmp[j] = sum_{l ascending} p[l] * Qt[l][j], j < len (vectorises over j).
   static void row_product(const float* p, const float* __restrict Qt, std::size_t r, std::size_t n, std::size_t len,
                           float* __restrict tmp) {
@@ -357,16 +404,6 @@ class LowRank final : public Compressor {
       const float pl = p[l];
       const float* q = Qt + l * n;
       for (std::size_t j = 0; j < len; ++j) tmp[j] += pl * q[j];
-    }
-  }
-
-  static void draw_gaussian(const RngKey& key, float* q, std::size_t count) {
-    const CounterRng rng(key);
-    constexpr double kTwoPi = 6.283185307179586476925286766559;
-    for (std::size_t k = 0; k < count; ++k) {
-      const double u1 = static_cast<double>((rng.u32(2 * k) >> 8) + 1u) * 0x1p-24;
-      const double u2 = static_cast<double>(rng.u32(2 * k + 1) >> 8) * 0x1p-24;
-      q[k] = static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(kTwoPi * u2));
     }
   }
 

@@ -60,13 +60,43 @@ struct LowRankConfig {
   std::uint32_t rank = 1;  // r >= 1
   std::size_t cols = 0;    // n of the m x n view; 0 = near-square: n = ceil(sqrt(d)), m = ceil(d / n), zero pad
 };
+namespace detail {
+struct LowRankStateAccess;  // lowrank.cc
+}
 /// PowerSGD-style rank-r compressor state: the warm-started Q (n x r, row-major). Pass through Exec::state;
 /// without a state each call starts from a fresh random Q drawn from Exec::rng.
+///
+/// Host and device: exactly one copy of Q is current. A host encode keeps it in `q`. A device encode
+/// (Exec::device == kCuda) keeps it in device memory owned by this object (allocated on the first device encode or
+/// when the shape changes, freed by the destructor; use one state with one CUDA device), so that no call copies Q
+/// between host and device: afterwards `q` is empty (rows, cols and rank still give the shape) until
+/// sync_to_host() copies Q back and makes `q` current again. A host encode (and the lowrank allreduce) of a state
+/// whose Q is on the device calls sync_to_host() itself; a device encode of a state whose Q is in `q` uploads it
+/// once (stream-ordered, no synchronisation). Assign `q` only while it is current (on_device() false).
+/// Copying a state copies the current Q into the copy's `q` (from the device: synchronously; a CUDA error leaves
+/// the copy cold). Not thread-safe: one call at a time per state.
 class LowRankState : public CompressorState {
  public:
+  LowRankState() = default;
+  LowRankState(const LowRankState& other);
+  LowRankState& operator=(const LowRankState& other);
+  ~LowRankState() override;
+
   std::vector<float> q;
   std::size_t rows = 0, cols = 0;
   std::uint32_t rank = 0;
+
+  /// True when the current Q is the device copy (the last encode of this state ran on the device).
+  bool on_device() const { return device_current_; }
+  /// Makes `q` current: copies the device Q into it, waiting for the stream of the last device encode (`q` is left
+  /// empty when that encode failed on a cold start, so the next call starts cold). Ok and free when `q` is already
+  /// current; kCuda on a CUDA error.
+  [[nodiscard]] Status sync_to_host();
+
+ private:
+  friend struct detail::LowRankStateAccess;
+  void* device_ = nullptr;  // detail::cuda::LowRankDeviceQ (lowrank_cuda.h), or null
+  bool device_current_ = false;
 };
 StatusOr<std::unique_ptr<Compressor>> make_lowrank(const LowRankConfig& c);
 
