@@ -28,7 +28,7 @@ if want cpp || want bench; then
   cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADZIP_ENABLE_CUDA=ON -DGRADZIP_BUILD_EXAMPLES=OFF \
     -DGRADZIP_BUILD_BENCHMARKS=ON -DGRADZIP_INSTALL=OFF "${extra[@]}" > "$OUT/configure.log" 2>&1 \
     || { tail -30 "$OUT/configure.log"; exit 1; }
-  ninja -C build-gpu -j"$JOBS" gradzip_cuda_test gradzip_cuda_codecs_bench > "$OUT/build.log" 2>&1 \
+  ninja -C build-gpu -j"$JOBS" gradzip_cuda_test gradzip_cuda_lowrank_test gradzip_cuda_codecs_bench > "$OUT/build.log" 2>&1 \
     || { grep -E "error" -A3 "$OUT/build.log" | head -60; exit 1; }
   ninja -C build-gpu -j"$JOBS" gradzip_collectives_nccl_test >> "$OUT/build.log" 2>&1 || true
 fi

@@ -64,3 +64,13 @@ def test_cuda_ops_errors():
     assert torch.ops.gradzip.cuda_supported("topk:ratio=0.01+qsgd:levels=7")
     assert torch.ops.gradzip.cuda_supported("randk:ratio=0.01+qsgd:levels=7")
     assert not torch.ops.gradzip.cuda_supported("randk:ratio=0.01+qsgd:levels=7,coding=elias")
+    # lowrank has kernels, but its warm-started Q is state the hook's device step does not carry: host path
+    from gradzip import _cuda_path
+
+    assert torch.ops.gradzip.cuda_supported("lowrank:rank=2")
+    assert not _cuda_path.codec_supported("lowrank:rank=2") and _cuda_path.codec_supported("topk:ratio=0.01")
+    g = torch.randn(4096, device="cuda")
+    out = torch.empty(1 << 16, dtype=torch.uint8, device="cuda")
+    st = torch.zeros(1, dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="keeps state across calls"):
+        torch.ops.gradzip.cuda_step(g, g, g, g, out, st, "lowrank:rank=2", "none", 0.0, 0, 0, 0, 0)

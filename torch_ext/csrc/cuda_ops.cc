@@ -115,6 +115,10 @@ std::int64_t cuda_step(const at::Tensor& g, const at::Tensor& e, const at::Tenso
   check_cuda(status, op, "status", at::kInt);
   const auto c = codec_for(compressor, op);
   const std::size_t n = static_cast<std::size_t>(g.numel());
+  // lowrank's warm-started Q lives in a LowRankState this op does not carry: a cold start every step would be
+  // another algorithm, so stateful codecs stay on the hook's host path (_cuda_path.codec_supported).
+  TORCH_CHECK_VALUE(!c->traits(n).stateful, "gradzip.cuda_step: '", std::string(compressor.data(), compressor.size()),
+                    "' keeps state across calls, which the device step does not carry; use the host path");
   TORCH_CHECK_VALUE(static_cast<std::size_t>(out.numel()) >= c->max_encoded_bytes(n), "gradzip.cuda_step: out of ",
                     out.numel(), " bytes is smaller than max_encoded_bytes = ", c->max_encoded_bytes(n));
   at::Tensor ws;

@@ -40,7 +40,14 @@ def available() -> bool:
 
 
 def codec_supported(spec: str) -> bool:
-    return available() and bool(torch.ops.gradzip.cuda_supported(spec))
+    """The codec has CUDA kernels and keeps no state across calls (lowrank's warm-started Q is per unit on the host
+    path; the device step carries none, and a cold start every step would be another algorithm)."""
+    if not (available() and bool(torch.ops.gradzip.cuda_supported(spec))):
+        return False
+    try:
+        return not bool(torch.classes.gradzip.Codec(spec).traits(1 << 16)[5])
+    except RuntimeError:  # traits refused for this size: let the host path report it
+        return False
 
 
 def resolve_eta(feedback: str, compressor: str, numel: int) -> float:
