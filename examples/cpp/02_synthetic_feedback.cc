@@ -32,12 +32,12 @@
 #include <cstdlib>
 #include <exception>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "gradzip/compressors/registry.h"
 #include "gradzip/error_feedback/feedback.h"
+#include "least_squares.h"
 
 namespace {
 
@@ -148,117 +148,7 @@ std::string parse_args(int argc, char** argv, Options* o, bool* help) {
   return "";
 }
 
-/// The heterogeneous least-squares problem, in float64: grad f_i(x) = H_i x - c_i, H_i = A_i^T A_i, c_i = A_i^T b_i.
-class Problem {
- public:
-  Problem(int n, int d, double het, std::uint64_t seed) : n_(n), d_(d), H_(static_cast<std::size_t>(d) * d, 0.0) {
-    std::mt19937_64 g(seed);
-    std::normal_distribution<double> N(0.0, 1.0);
-    const int m = d;
-    std::vector<double> z(d), r(d, 0.0);
-    for (auto& v : z) v = N(g);
-    for (int i = 0; i < n; ++i) {
-      std::vector<double> A(static_cast<std::size_t>(m) * d), zi(d), b(m);
-      for (auto& v : A) v = N(g) / std::sqrt(static_cast<double>(m));
-      for (int j = 0; j < d; ++j) zi[j] = z[j] + het * N(g);
-      for (int row = 0; row < m; ++row) {
-        double s = 0;
-        for (int j = 0; j < d; ++j) s += A[row * d + j] * zi[j];
-        b[row] = s;
-      }
-      std::vector<double> Hi(static_cast<std::size_t>(d) * d), ci(d);
-      for (int a = 0; a < d; ++a) {
-        for (int c = 0; c < d; ++c) {
-          double s = 0;
-          for (int row = 0; row < m; ++row) s += A[row * d + a] * A[row * d + c];
-          Hi[a * d + c] = s;
-        }
-        double s = 0;
-        for (int row = 0; row < m; ++row) s += A[row * d + a] * b[row];
-        ci[a] = s;
-      }
-      for (std::size_t k = 0; k < Hi.size(); ++k) H_[k] += Hi[k] / n;
-      for (int a = 0; a < d; ++a) r[a] += ci[a] / n;
-      Hs_.push_back(std::move(Hi));
-      cs_.push_back(std::move(ci));
-    }
-    xs_ = solve(H_, r);
-    gap0_ = gap(std::vector<double>(d, 0.0));
-    for (double v : xs_) xs_norm_ += v * v;
-    xs_norm_ = std::sqrt(xs_norm_);
-  }
-
-  void grad(int i, const std::vector<double>& x, std::vector<float>& g) const {
-    const std::vector<double>& H = Hs_[i];
-    for (int a = 0; a < d_; ++a) {
-      double s = -cs_[i][a];
-      for (int c = 0; c < d_; ++c) s += H[a * d_ + c] * x[c];
-      g[a] = static_cast<float>(s);
-    }
-  }
-  double rel_error(const std::vector<double>& x) const {
-    double e = 0;
-    for (int j = 0; j < d_; ++j) e += (x[j] - xs_[j]) * (x[j] - xs_[j]);
-    return std::sqrt(e) / xs_norm_;
-  }
-  /// f(x) - f* = 0.5 (x - x*)^T H (x - x*) for the quadratic f.
-  double gap(const std::vector<double>& x) const {
-    double s = 0;
-    for (int a = 0; a < d_; ++a) {
-      double t = 0;
-      for (int c = 0; c < d_; ++c) t += H_[a * d_ + c] * (x[c] - xs_[c]);
-      s += (x[a] - xs_[a]) * t;
-    }
-    return 0.5 * s;
-  }
-  double subopt(const std::vector<double>& x) const { return gap(x) / gap0_; }
-  double heterogeneity() const {  // mean_i ||grad f_i(x*)|| / ||x*||
-    std::vector<float> g(d_);
-    double t = 0;
-    for (int i = 0; i < n_; ++i) {
-      grad(i, xs_, g);
-      double s = 0;
-      for (float v : g) s += static_cast<double>(v) * v;
-      t += std::sqrt(s);
-    }
-    return t / n_ / xs_norm_;
-  }
-  int n() const { return n_; }
-  int d() const { return d_; }
-
- private:
-  std::vector<double> solve(std::vector<double> M, std::vector<double> r) const {  // Cholesky, M is SPD
-    const int d = d_;
-    for (int j = 0; j < d; ++j) {
-      double s = M[j * d + j];
-      for (int k = 0; k < j; ++k) s -= M[j * d + k] * M[j * d + k];
-      s = std::sqrt(s);
-      M[j * d + j] = s;
-      for (int i = j + 1; i < d; ++i) {
-        double t = M[i * d + j];
-        for (int k = 0; k < j; ++k) t -= M[i * d + k] * M[j * d + k];
-        M[i * d + j] = t / s;
-      }
-    }
-    for (int i = 0; i < d; ++i) {
-      double t = r[i];
-      for (int k = 0; k < i; ++k) t -= M[i * d + k] * r[k];
-      r[i] = t / M[i * d + i];
-    }
-    for (int i = d - 1; i >= 0; --i) {
-      double t = r[i];
-      for (int k = i + 1; k < d; ++k) t -= M[k * d + i] * r[k];
-      r[i] = t / M[i * d + i];
-    }
-    return r;
-  }
-
-  int n_, d_;
-  std::vector<double> H_;
-  std::vector<std::vector<double>> Hs_, cs_;
-  std::vector<double> xs_;
-  double gap0_ = 0, xs_norm_ = 0;
-};
+using Problem = gradzip::examples::LeastSquares;  // float64, known minimiser (least_squares.h)
 
 struct Row {
   std::string status;  // "", "refused: ...", "diverged", "error: ..."
@@ -357,11 +247,12 @@ int run(int argc, char** argv) {
     if (!chk.ok()) return usage_error("--compressor '" + s + "': " + chk.message());
   }
 
-  const Problem P(o.workers, o.dim, o.het, o.seed);
+  const Problem P(o.workers, o.dim, o.dim, o.het, o.seed);
   std::printf(
       "# heterogeneous least squares: n=%d d=%d het=%g (mean_i ||grad f_i(x*)|| / ||x*|| = %.3f), gamma=%g, "
       "iters=%ld, seed=%llu\n",
-      o.workers, o.dim, o.het, P.heterogeneity(), o.gamma, o.iters, static_cast<unsigned long long>(o.seed));
+      o.workers, o.dim, o.het, P.heterogeneity() / P.solution_norm(), o.gamma, o.iters,
+      static_cast<unsigned long long>(o.seed));
   std::printf("%-20s %-26s %10s %10s %14s %14s %10s\n", "feedback", "compressor", "rel_err", "subopt", "iters_to_1e-6",
               "bytes/worker", "B/step");
   int failures = 0;

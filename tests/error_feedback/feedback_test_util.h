@@ -1,5 +1,5 @@
-// Shared helpers for the error-feedback tests: an in-process "cluster" (n workers + one aggregator replica) and a
-// synthetic heterogeneous least-squares problem with a known minimiser.
+// Shared helpers for the error-feedback tests: an in-process "cluster" (n workers + one aggregator replica) and
+// convergence runs on the synthetic least-squares problem of examples/cpp/least_squares.h.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -8,11 +8,11 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "gradzip/error_feedback/feedback.h"
+#include "least_squares.h"
 #include "test_util.h"
 
 namespace gradzip::testing {
@@ -123,131 +123,8 @@ class Cluster {
   std::vector<float> dir_;
 };
 
-/// f(x) = (1/n) sum_i f_i(x), f_i(x) = 0.5 ||A_i x - b_i||^2 with A_i (m x d, entries N(0, 1/m)) and
-/// b_i = A_i z_i, z_i = z_c + het * xi_i: worker i's own minimiser is z_i, so het = 0 is the homogeneous problem
-/// (every f_i minimised at x* = z_c, grad f_i(x*) = 0) and het > 0 makes grad f_i(x*) != 0 (heterogeneity).
-/// Everything in double; gradients are rounded to float only when handed to a worker.
-class LeastSquares {
- public:
-  LeastSquares(int n, int d, int m, double het, std::uint64_t seed) : n_(n), d_(d) {
-    std::mt19937_64 g(seed);
-    std::normal_distribution<double> N(0.0, 1.0);
-    std::vector<double> zc(d);
-    for (auto& v : zc) v = N(g);
-    std::vector<double> H(static_cast<std::size_t>(d) * d, 0.0), r(d, 0.0);
-    for (int i = 0; i < n; ++i) {
-      std::vector<double> A(static_cast<std::size_t>(m) * d), z(d), b(m);
-      for (auto& v : A) v = N(g) / std::sqrt(static_cast<double>(m));
-      for (int j = 0; j < d; ++j) z[j] = zc[j] + het * N(g);
-      for (int row = 0; row < m; ++row) {
-        double s = 0;
-        for (int j = 0; j < d; ++j) s += A[row * d + j] * z[j];
-        b[row] = s;
-      }
-      std::vector<double> Hi(static_cast<std::size_t>(d) * d, 0.0), ci(d, 0.0);
-      for (int a = 0; a < d; ++a) {
-        for (int c = 0; c < d; ++c) {
-          double s = 0;
-          for (int row = 0; row < m; ++row) s += A[row * d + a] * A[row * d + c];
-          Hi[a * d + c] = s;
-        }
-        double s = 0;
-        for (int row = 0; row < m; ++row) s += A[row * d + a] * b[row];
-        ci[a] = s;
-      }
-      for (std::size_t k = 0; k < Hi.size(); ++k) H[k] += Hi[k] / n;
-      for (int a = 0; a < d; ++a) r[a] += ci[a] / n;
-      H_.push_back(std::move(Hi));
-      c_.push_back(std::move(ci));
-    }
-    xs_ = cholesky_solve(H, r, d);
-    L_ = top_eigenvalue(H, d);
-  }
-
-  /// grad f_i(x) = H_i x - c_i, rounded to float.
-  void grad(int i, const std::vector<double>& x, std::vector<float>& g) const {
-    const std::vector<double>& H = H_[i];
-    g.resize(d_);
-    for (int a = 0; a < d_; ++a) {
-      double s = -c_[i][a];
-      for (int c = 0; c < d_; ++c) s += H[a * d_ + c] * x[c];
-      g[a] = static_cast<float>(s);
-    }
-  }
-  /// ||x - x*|| / ||x*||.
-  double rel_error(const std::vector<double>& x) const {
-    double e = 0, s = 0;
-    for (int j = 0; j < d_; ++j) {
-      e += (x[j] - xs_[j]) * (x[j] - xs_[j]);
-      s += xs_[j] * xs_[j];
-    }
-    return std::sqrt(e / s);
-  }
-  /// mean_i ||grad f_i(x*)|| (the heterogeneity at the optimum).
-  double heterogeneity() const {
-    double t = 0;
-    std::vector<float> g;
-    for (int i = 0; i < n_; ++i) {
-      grad(i, xs_, g);
-      double s = 0;
-      for (float v : g) s += static_cast<double>(v) * v;
-      t += std::sqrt(s);
-    }
-    return t / n_;
-  }
-  const std::vector<double>& solution() const { return xs_; }
-  double smoothness() const { return L_; }
-  int n() const { return n_; }
-  int d() const { return d_; }
-
- private:
-  static std::vector<double> cholesky_solve(std::vector<double> M, std::vector<double> r, int d) {
-    for (int j = 0; j < d; ++j) {
-      double s = M[j * d + j];
-      for (int k = 0; k < j; ++k) s -= M[j * d + k] * M[j * d + k];
-      s = std::sqrt(s);
-      M[j * d + j] = s;
-      for (int i = j + 1; i < d; ++i) {
-        double t = M[i * d + j];
-        for (int k = 0; k < j; ++k) t -= M[i * d + k] * M[j * d + k];
-        M[i * d + j] = t / s;
-      }
-    }
-    for (int i = 0; i < d; ++i) {
-      double t = r[i];
-      for (int k = 0; k < i; ++k) t -= M[i * d + k] * r[k];
-      r[i] = t / M[i * d + i];
-    }
-    for (int i = d - 1; i >= 0; --i) {
-      double t = r[i];
-      for (int k = i + 1; k < d; ++k) t -= M[k * d + i] * r[k];
-      r[i] = t / M[i * d + i];
-    }
-    return r;
-  }
-  static double top_eigenvalue(const std::vector<double>& H, int d) {
-    std::vector<double> v(d, 1.0), w(d);
-    double lam = 0;
-    for (int it = 0; it < 300; ++it) {
-      double nr = 0;
-      for (int a = 0; a < d; ++a) {
-        double s = 0;
-        for (int c = 0; c < d; ++c) s += H[a * d + c] * v[c];
-        w[a] = s;
-        nr += s * s;
-      }
-      nr = std::sqrt(nr);
-      lam = nr;
-      for (int a = 0; a < d; ++a) v[a] = w[a] / nr;
-    }
-    return lam;
-  }
-
-  int n_, d_;
-  std::vector<std::vector<double>> H_, c_;
-  std::vector<double> xs_;
-  double L_ = 0;
-};
+/// The synthetic heterogeneous least-squares problem (examples/cpp/least_squares.h, shared with 02_synthetic_feedback).
+using LeastSquares = examples::LeastSquares;
 
 /// Result of running a feedback mode on a LeastSquares problem with full gradients and a constant step.
 struct ConvergenceRun {
