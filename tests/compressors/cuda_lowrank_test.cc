@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cuda/lowrank_cuda.h"  // internal: the device draw alone
+#include "cuda_test_util.h"
 #include "gradzip/compressors/codecs.h"
 #include "gradzip/compressors/cuda.h"
 #include "gradzip/compressors/lowrank_math.h"
@@ -30,31 +31,8 @@
 namespace gradzip {
 namespace {
 
-#define REQUIRE_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
-template <class T>
-struct Dev {
-  T* p = nullptr;
-  explicit Dev(std::size_t count) { EXPECT_EQ(cudaMalloc(&p, (count + 64) * sizeof(T)), cudaSuccess); }
-  ~Dev() { cudaFree(p); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  void put(const std::vector<T>& v, std::size_t off = 0) {
-    ASSERT_EQ(cudaMemcpy(p + off, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  std::vector<T> get(std::size_t count, std::size_t off = 0) const {
-    std::vector<T> v(count);
-    EXPECT_EQ(cudaMemcpy(v.data(), p + off, count * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return v;
-  }
-};
-
-std::uint32_t bits(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
+using testing::bits;
+using testing::Dev;
 
 std::vector<float> gaussian(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
   std::mt19937 g(seed);

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "gradzip/compressors/cuda.h"
 #include "gradzip/compressors/registry.h"
 #include "gradzip/error_feedback/device_feedback.h"
@@ -19,24 +20,8 @@
 namespace gradzip {
 namespace {
 
-#define REQUIRE_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device"
-
-template <class T>
-struct Dev {
-  T* p = nullptr;
-  std::size_t n = 0;
-  explicit Dev(std::size_t count) : n(count) { EXPECT_EQ(cudaMalloc(&p, (count + 64) * sizeof(T)), cudaSuccess); }
-  ~Dev() { cudaFree(p); }
-  void put(const std::vector<T>& v, std::size_t off = 0) {
-    ASSERT_EQ(cudaMemcpy(p + off, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  std::vector<T> get(std::size_t count, std::size_t off = 0) const {
-    std::vector<T> v(count);
-    EXPECT_EQ(cudaMemcpy(v.data(), p + off, count * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return v;
-  }
-};
+using testing::bits;
+using testing::Dev;
 
 std::vector<float> random_input(std::size_t n, std::uint32_t seed, int kind) {
   std::mt19937 rng(seed);
@@ -54,12 +39,6 @@ std::vector<float> random_input(std::size_t n, std::uint32_t seed, int kind) {
     for (std::size_t i = 0; i < n; ++i) x[i] = i % stride == 0 ? 10.0f + std::fabs(x[i]) : 1e-3f * x[i];
   }
   return x;
-}
-
-std::uint32_t bits(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
 }
 
 const char* kSpecs[] = {"identity", "fp16", "bf16", "sign", "natural", "qsgd:levels=7", "qsgd:bits=2",
