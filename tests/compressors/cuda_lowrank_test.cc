@@ -27,29 +27,15 @@
 #include "gradzip/compressors/lowrank_math.h"
 #include "gradzip/compressors/payload.h"
 #include "gradzip/compressors/registry.h"
+#include "test_util.h"
 
 namespace gradzip {
 namespace {
 
 using testing::bits;
 using testing::Dev;
-
-std::vector<float> gaussian(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
-  std::mt19937 g(seed);
-  std::normal_distribution<float> nd(0.0f, scale);
-  std::vector<float> x(n);
-  for (auto& v : x) v = nd(g);
-  return x;
-}
-
-std::unique_ptr<Compressor> lowrank(std::uint32_t rank, std::size_t cols = 0) {
-  LowRankConfig c;
-  c.rank = rank;
-  c.cols = cols;
-  auto r = make_lowrank(c);
-  EXPECT_TRUE(r.ok()) << r.status().to_string();
-  return r.ok() ? std::move(r).value() : nullptr;
-}
+using testing::gaussian;
+using testing::lowrank;
 
 struct Shape {
   std::size_t d, cols;

@@ -9,6 +9,7 @@
 namespace gradzip {
 namespace {
 
+using testing::lowrank;
 using testing::must_parse;
 
 // Random m x k matrix with orthonormal columns (Gram-Schmidt twice, double), row-major.
@@ -47,15 +48,6 @@ std::vector<float> matrix_with_spectrum(std::size_t m, std::size_t n, const std:
     }
   }
   return x;
-}
-
-std::unique_ptr<Compressor> lowrank(std::uint32_t rank, std::size_t cols = 0) {
-  LowRankConfig c;
-  c.rank = rank;
-  c.cols = cols;
-  auto r = make_lowrank(c);
-  EXPECT_TRUE(r.ok()) << r.status().to_string();
-  return r.ok() ? std::move(r).value() : nullptr;
 }
 
 std::vector<std::uint8_t> encode_ok(const Compressor& c, const std::vector<float>& x, const Exec& ex) {

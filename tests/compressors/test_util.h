@@ -64,6 +64,16 @@ inline std::vector<std::uint8_t> make_payload(CodecId id, std::size_t numel, con
   return out;
 }
 
+/// A lowrank codec of rank r (and cols, 0 = near-square view) that must be valid.
+inline std::unique_ptr<Compressor> lowrank(std::uint32_t rank, std::size_t cols = 0) {
+  LowRankConfig c;
+  c.rank = rank;
+  c.cols = cols;
+  auto r = make_lowrank(c);
+  EXPECT_TRUE(r.ok()) << r.status().to_string();
+  return r.ok() ? std::move(r).value() : nullptr;
+}
+
 inline std::vector<float> gaussian(std::size_t n, unsigned seed, float scale = 1.0f) {
   std::mt19937 g(seed);
   std::normal_distribution<float> d(0.0f, scale);
