@@ -1,5 +1,8 @@
-// Elias-omega codes, used by QSGD's sparse coding (qsgd.cc). See bitcodes.h.
+// Elias-omega codes, used by QSGD's sparse coding (qsgd.cc). See bitcodes.h. Values below 2^32 go through the
+// __host__ __device__ code shared with the CUDA kernels (elias_omega.h); larger ones through the general loop here.
 #include "gradzip/compressors/bitcodes.h"
+
+#include "elias_omega.h"
 
 namespace gradzip {
 namespace detail {
@@ -54,18 +57,17 @@ inline std::uint64_t get_msb_first(BitReader& r, int len) {
 }  // namespace
 
 int elias_omega_bits(std::uint64_t n) {
-  if (n == 0) return 0;
-  int bits = 1;
-  while (n > 1) {
-    const int len = bit_length(n);
-    bits += len;
-    n = static_cast<std::uint64_t>(len - 1);
-  }
-  return bits;
+  return omega::bits(n);
 }
 
 bool elias_omega_put(BitWriter& w, std::uint64_t n) {
   if (n == 0) return false;
+  std::uint64_t code = 0;
+  if (const int len = omega::code(n, &code)) {  // n < 2^32: at most 43 bits
+    w.put(static_cast<std::uint32_t>(code), len < 32 ? len : 32);
+    if (len > 32) w.put(static_cast<std::uint32_t>(code >> 32), len - 32);
+    return true;
+  }
   std::uint64_t groups[8];
   int lens[8];
   int g = 0;

@@ -123,6 +123,8 @@ class Compose final : public Compressor {
 #if GRADZIP_HAS_CUDA
   bool has_cuda() const override {
     if (!sp_->has_cuda() || !q_->has_cuda()) return false;
+    // The device path needs a fixed-size nested payload (decode_cuda below); QSGD's Elias coding is variable.
+    if (q_->spec().find("coding=elias") != std::string::npos) return false;
     return sp_->codec_id() == static_cast<std::uint16_t>(CodecId::kTopK) || detail::randk_config(*sp_) != nullptr;
   }
 

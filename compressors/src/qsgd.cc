@@ -31,34 +31,49 @@
 //   coding=fixed (default): 32-bit float N, then per element a W = 1 + L bit code, L = ceil(log2(s + 1)),
 //     code = sign | level << 1 (sign bit 1 = negative; level 0 is always written with sign 0), LSB-first.
 //     body bits = 32 + d (1 + ceil(log2(s + 1))), body bytes = 4 + ceil(d W / 8).
-//   coding=elias: 32-bit float N, then an LSB-first bit stream of Elias-omega codes (detail::elias_omega_put):
-//     omega(nnz + 1), then for each nonzero level in index order: omega(gap) with gap = index - previous index
-//     (previous = -1 at the start), omega(level), sign bit (1 = negative). Zero padded to a byte.
-//     body bytes = 4 + ceil(stream bits / 8). Same levels as coding=fixed for the same key (same iterates).
-//     max_encoded_bytes uses the worst case, every coordinate nonzero at level s:
-//     stream bits <= L(d + 1) + d (L(s) + 2), L(n) = Elias-omega length of n. Proof: L is non-decreasing,
-//     L(n) <= 3n - 2 (induction: for n >= 2, k = floor(log2 n), L(n) = k + 1 + L(k) <= 4k - 1 <= 3 * 2^k - 2),
-//     so a nonzero with gap g costs L(g) + L(level) + 1 <= (L(s) + 2) g when L(s) >= 1, and the gaps sum to <= d.
+//   coding=elias (chunked, so that chunks are coded and parsed independently, on the CPU and one GPU warp/thread per
+//     chunk): the d elements are cut into C = ceil(d / B) chunks of B = detail::omega::kChunk = 16384 consecutive
+//     elements (the last one shorter; elias_omega.h says why 16384). body = 32-bit float N | C u32 little-endian
+//     END byte offsets of the chunk streams, relative to the start of the streams area (non-decreasing; the last
+//     one = the streams area's length) | the C chunk streams, each starting on a byte boundary: Elias-omega codes
+//     (elias_omega.h), LSB-first: omega(nnz_c + 1), then for each nonzero level of the chunk in index order
+//     omega(gap) with gap = index in chunk - previous index in chunk (previous = -1 at the chunk start),
+//     omega(level), sign bit (1 = negative); zero padded to a byte (an empty chunk is the one byte 0x00).
+//     body bytes = 4 + 4C + sum of the stream bytes. Same levels as coding=fixed for the same key (same iterates;
+//     only the coding differs).
+//     max_encoded_bytes: 4 + 4C + sum over chunks of ceil(Lmax(n_c) / 8), with the worst case of a chunk of n
+//     elements, every one nonzero at level s: Lmax(n) = L(n + 1) + n (L(s) + 2), L(n) = Elias-omega length of n.
+//     Proof: L is non-decreasing and L(n) <= 3n - 2 (induction: for n >= 2, k = floor(log2 n), L(n) = k + 1 + L(k)
+//     <= 4k - 1 <= 3 * 2^k - 2), so a nonzero with gap g costs L(g) + L(level) + 1 <= (L(s) + 2) g (L(s) >= 1),
+//     and the gaps of one chunk sum to <= n; nnz_c <= n gives L(nnz_c + 1) <= L(n + 1).
 //   Header: flags 0; param0 = s; param1 = norm (0 = l2, 1 = linf) | coding << 8 (0 = fixed, 1 = elias).
 //
 // Errors: encode: kOutOfRange when ||x||_2 overflows float32 (|x| near FLT_MAX). decode: kInvalidPayload for a
 // header whose flags/params differ from this codec's config, a body length other than the exact one, a norm that
-// is negative or not finite, a level above s, nonzero padding bits, and (elias) nnz > d, an index >= d, a level of
-// 0, an exhausted stream or trailing bytes. Decode validates the whole payload before it writes y, so a rejected
-// payload leaves y untouched.
+// is negative or not finite, a level above s, nonzero padding bits, and (elias) a body shorter than N and the
+// table, a table entry below its predecessor or past the streams area, a last entry other than the streams area's
+// length, and per chunk stream: a malformed or truncated code, nnz_c above the chunk length, an index outside the
+// chunk, a level of 0, records that end before the stream's last byte. Decode validates the whole payload before it
+// writes y, so a rejected payload leaves y untouched.
+// CUDA (both codings): cuda/dense.cu (fixed) and cuda/qsgd_elias.cu (elias: the same quantizer writes codes to
+// scratch, one warp per chunk writes its stream, a scan of the stream lengths gives the table; decode validates
+// every chunk in one kernel and writes y in a second one only when the status word is clean). The elias encoder
+// synchronises its stream once, to learn the exact body length for the header.
 // Spec: canonical "qsgd:levels=S[,norm=linf][,coding=elias]"; bits=b is accepted as input and means
 // s = 2^(b-1) - 1 (so sign + level take exactly b bits in the fixed coding), b in [2, 16].
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <utility>
 
 #include "builtin.h"
 #include "gradzip/compressors/config.h"
 #if GRADZIP_HAS_CUDA
 #include "cuda/codecs_cuda.h"
+#include "cuda/qsgd_elias_cuda.h"
 #endif
-#include "gradzip/compressors/bitcodes.h"
+#include "elias_omega.h"
 #include "gradzip/compressors/reduce.h"
 #include "gradzip/compressors/rng.h"
 #include "philox_avx2.h"
@@ -83,6 +98,15 @@ constexpr std::size_t kChunk = 1024;  // elements per inner block (multiple of 8
 int level_bits(std::uint32_t s) {
   return index_bits(static_cast<std::uint64_t>(s) + 1);
 }  // ceil(log2(s + 1))
+
+/// Largest coding=elias body for d elements: N, the table, and every chunk's worst-case stream (see the comment).
+std::size_t elias_max_body(std::size_t d, std::uint32_t s) {
+  const std::uint64_t full = d / detail::omega::kChunk, rest = d % detail::omega::kChunk;
+  std::uint64_t bytes =
+      4 + 4 * detail::omega::chunks(d) + full * bits_to_bytes(detail::omega::chunk_max_bits(detail::omega::kChunk, s));
+  if (rest != 0) bytes += bits_to_bytes(detail::omega::chunk_max_bits(rest, s));
+  return static_cast<std::size_t>(bytes);
+}
 
 /// C6: maps the runtime code width W = 1 + ceil(log2(s + 1)) in [2, 17] to a template parameter.
 template <class F>
@@ -382,6 +406,45 @@ inline void apply_codes(const std::uint32_t* codes, std::size_t n, float m, floa
   accumulate ? apply_generic<true>(codes, n, m, y) : apply_generic<false>(codes, n, m, y);
 }
 
+/// The nonzero count of codes[0, n) and mask[w] bit j = (codes[64 w + j] != 0) for w < ceil(n / 64).
+inline std::uint32_t nonzero_mask_generic(const std::uint32_t* codes, std::size_t n, std::uint64_t* mask,
+                                          std::size_t from) {
+  std::uint32_t nnz = 0;
+  for (std::size_t w = from; w < (n + 63) / 64; ++w) {
+    std::uint64_t m = 0;
+    for (std::size_t j = 0; j < 64 && 64 * w + j < n; ++j) m |= static_cast<std::uint64_t>(codes[64 * w + j] != 0) << j;
+    mask[w] = m;
+    nnz += static_cast<std::uint32_t>(__builtin_popcountll(m));
+  }
+  return nnz;
+}
+#if GZ_QSGD_X86_DISPATCH
+__attribute__((target("avx2,popcnt"))) std::uint32_t nonzero_mask_avx2(const std::uint32_t* codes, std::size_t n,
+                                                                       std::uint64_t* mask) {
+  const __m256i zero = _mm256_setzero_si256();
+  std::uint32_t nnz = 0;
+  const std::size_t whole = n / 64;
+  for (std::size_t w = 0; w < whole; ++w) {
+    std::uint64_t m = 0;
+    for (int k = 0; k < 8; ++k) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 64 * w + 8 * k));
+      const unsigned z = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(v, zero))));
+      m |= static_cast<std::uint64_t>(~z & 0xFFu) << (8 * k);
+    }
+    mask[w] = m;
+    nnz += static_cast<std::uint32_t>(_mm_popcnt_u64(m));
+  }
+  return nnz + nonzero_mask_generic(codes, n, mask, whole);
+}
+#endif
+inline std::uint32_t nonzero_mask(const std::uint32_t* codes, std::size_t n, std::uint64_t* mask, bool avx2) {
+#if GZ_QSGD_X86_DISPATCH
+  if (avx2) return nonzero_mask_avx2(codes, n, mask);
+#endif
+  (void)avx2;
+  return nonzero_mask_generic(codes, n, mask, 0);
+}
+
 inline float signed_value(std::uint32_t level, std::uint32_t sign, float m) {
   float v = static_cast<float>(level) * m;
   std::uint32_t b;
@@ -426,36 +489,44 @@ class Qsgd final : public Compressor {
     if (cfg_.coding == QsgdConfig::Coding::kFixed) {
       bits = static_cast<std::uint64_t>(d) * static_cast<std::uint64_t>(width_);
     } else {
-      bits = static_cast<std::uint64_t>(detail::elias_omega_bits(static_cast<std::uint64_t>(d) + 1)) +
-             static_cast<std::uint64_t>(d) * static_cast<std::uint64_t>(detail::elias_omega_bits(cfg_.levels) + 2);
+      return kHeaderBytes + elias_max_body(d, cfg_.levels);
     }
     return kHeaderBytes + 4 + bits_to_bytes(bits);
   }
 
 #if GRADZIP_HAS_CUDA
   bool has_cuda() const override {
-    return cfg_.coding == QsgdConfig::Coding::kFixed;
+    return true;
   }
   std::size_t workspace_bytes(std::size_t numel, Device d) const override {
-    return d == Device::kCuda ? detail::cuda::qsgd_workspace(numel) : 0;
+    if (d != Device::kCuda) return 0;
+    return cfg_.coding == QsgdConfig::Coding::kFixed ? detail::cuda::qsgd_workspace(numel)
+                                                     : detail::cuda::qsgd_elias_workspace(numel, cfg_.levels);
   }
 
  protected:
   Status encode_cuda(Span<const float> x, MutableBytes body, std::size_t* body_bytes, PayloadHeader& h,
                      const Exec& ex) const override {
-    if (!has_cuda()) return Status::Unsupported("qsgd.encode: coding=elias has no CUDA kernel (use coding=fixed)");
     h.flags = 0;
     h.param0 = cfg_.levels;
     h.param1 = param1();
+    if (cfg_.coding == QsgdConfig::Coding::kElias)
+      return detail::cuda::qsgd_elias_encode(cfg_.levels, cfg_.norm == QsgdConfig::Norm::kLinf, x, body, body_bytes,
+                                             ex);
     return detail::cuda::qsgd_encode(cfg_.levels, width_, cfg_.norm == QsgdConfig::Norm::kLinf, x, body, body_bytes,
                                      ex);
   }
   Status decode_cuda(const PayloadHeader& h, ConstBytes body, Span<float> y, DecodeMode mode, float scale,
                      const Exec& ex) const override {
-    if (!has_cuda()) return Status::Unsupported("qsgd.decode: coding=elias has no CUDA kernel (use coding=fixed)");
     PayloadHeader e = h;  // flags: the wrapper bits in h.flags; this codec sets no flags of its own
     e.param0 = cfg_.levels;
     e.param1 = param1();
+    if (cfg_.coding == QsgdConfig::Coding::kElias) {
+      // Variable length: the kernels check every header field but body_bytes against e, and body_bytes against the
+      // table and the buffer.
+      e.body_bytes = 0;
+      return detail::cuda::qsgd_elias_decode(cfg_.levels, e, body, y, mode, scale, ex);
+    }
     e.body_bytes = static_cast<std::uint32_t>(4 + bits_to_bytes(static_cast<std::uint64_t>(y.size()) * width_));
     return detail::cuda::qsgd_decode(cfg_.levels, width_, e, body, y, mode, scale, ex);
   }
@@ -516,33 +587,47 @@ class Qsgd final : public Compressor {
       *body_bytes = 4 + bits_to_bytes(static_cast<std::uint64_t>(d) * width_);
       return Status::Ok();
     }
-    // Elias: count the nonzeros first (nnz + 1 leads the stream), then quantize again (same draws) and write.
-    std::uint64_t nnz = 0;
-    for (std::size_t c0 = 0; c0 < d; c0 += kChunk) {
-      const std::size_t n = std::min(kChunk, d - c0);
-      quantize_chunk(x.data() + c0, n, c0, q, ex.rng, avx2, rnd, codes);
-      for (std::size_t i = 0; i < n; ++i) nnz += codes[i] != 0;
-    }
-    BitWriter w(body.data() + 4, body.size() - 4);
-    detail::elias_omega_put(w, nnz + 1);
-    std::int64_t prev = -1;
-    for (std::size_t c0 = 0; c0 < d; c0 += kChunk) {
-      const std::size_t n = std::min(kChunk, d - c0);
-      quantize_chunk(x.data() + c0, n, c0, q, ex.rng, avx2, rnd, codes);
-      for (std::size_t i = 0; i < n; ++i) {
-        if (codes[i] == 0) continue;
-        const std::int64_t idx = static_cast<std::int64_t>(c0 + i);
-        detail::elias_omega_put(w, static_cast<std::uint64_t>(idx - prev));
-        detail::elias_omega_put(w, codes[i] >> 1);
-        w.put(codes[i] & 1u, 1);
-        prev = idx;
+    // Elias, chunked: per chunk of B elements one quantize pass into codes[] (sub-blocks of kChunk, the fixed
+    // coding's draws), count the nonzeros, write the chunk's stream and its end offset.
+    const std::size_t nchunks = static_cast<std::size_t>(detail::omega::chunks(d));
+    if (body.size() < 4 + 4 * nchunks)
+      return Status::Internal("qsgd.encode: body buffer of ", body.size(), " bytes has no room for the table");
+    std::uint8_t* table = body.data() + 4;
+    std::uint8_t* streams = table + 4 * nchunks;
+    const std::size_t room = body.size() - 4 - 4 * nchunks;
+    static_assert(detail::omega::kChunk % kChunk == 0, "chunks hold whole quantizer blocks");
+    std::uint32_t chunk_codes[detail::omega::kChunk];
+    std::uint64_t mask[detail::omega::kChunk / 64];
+    std::size_t pos = 0;
+    for (std::size_t c = 0; c < nchunks; ++c) {
+      const std::size_t c0 = c * detail::omega::kChunk;
+      const std::size_t n = std::min<std::size_t>(detail::omega::kChunk, d - c0);
+      for (std::size_t b0 = 0; b0 < n; b0 += kChunk)
+        quantize_chunk(x.data() + c0 + b0, std::min(kChunk, n - b0), c0 + b0, q, ex.rng, avx2, rnd, chunk_codes + b0);
+      const std::uint32_t nnz = nonzero_mask(chunk_codes, n, mask, avx2);
+      const std::size_t worst = bits_to_bytes(detail::omega::chunk_max_bits(n, cfg_.levels));
+      if (room - pos < worst)
+        return Status::Internal("qsgd.encode: chunk ", c, " may need ", worst, " bytes but only ", room - pos,
+                                " are left of the bound");
+      // omega::write_chunk's stream (a test compares the two), visiting only the nonzeros through the mask.
+      detail::omega::Writer w(streams + pos);
+      std::uint64_t hc = 0;
+      const int hl = detail::omega::code(static_cast<std::uint64_t>(nnz) + 1, &hc);
+      w.put(hc, hl);
+      std::uint32_t next = 0;
+      for (std::size_t wi = 0; wi < (n + 63) / 64; ++wi) {
+        for (std::uint64_t m = mask[wi]; m != 0; m &= m - 1) {
+          const std::uint32_t i = static_cast<std::uint32_t>(64 * wi) + static_cast<std::uint32_t>(__builtin_ctzll(m));
+          std::uint64_t rec = 0;
+          const int rl = detail::omega::record(i + 1 - next, chunk_codes[i], &rec);
+          w.put(rec, rl);
+          next = i + 1;
+        }
       }
+      pos += w.finish();
+      store_le<std::uint32_t>(table + 4 * c, static_cast<std::uint32_t>(pos));
     }
-    const std::size_t bytes = w.finish();
-    if (w.overflowed())
-      return Status::Internal("qsgd.encode: Elias stream of ", w.bits_written(), " bits exceeds the bound of ",
-                              body.size() - 4, " bytes");
-    *body_bytes = 4 + bytes;
+    *body_bytes = 4 + 4 * nchunks + pos;
     return Status::Ok();
   }
 
@@ -615,50 +700,72 @@ class Qsgd final : public Compressor {
     });
   }
 
-  /// Parses the Elias stream; with `y` null it only validates, else it writes the nonzeros (y pre-zeroed by the
-  /// caller in overwrite mode).
-  Status walk_elias(ConstBytes body, std::size_t d, float m, float* y) const {
-    BitReader r(body.data() + 4, body.size() - 4);
-    std::uint64_t nnz1 = 0;
-    if (!detail::elias_omega_get(r, &nnz1))
-      return Status::InvalidPayload("qsgd.decode: malformed or truncated Elias code for the nonzero count");
-    const std::uint64_t nnz = nnz1 - 1;
-    if (nnz > d) return Status::InvalidPayload("qsgd.decode: nonzero count ", nnz, " exceeds numel=", d);
-    std::uint64_t next = 0;  // previous index + 1
-    for (std::uint64_t k = 0; k < nnz; ++k) {
-      std::uint64_t gap = 0, level = 0;
-      if (!detail::elias_omega_get(r, &gap) || !detail::elias_omega_get(r, &level))
-        return Status::InvalidPayload("qsgd.decode: malformed or truncated Elias code at nonzero ", k, " of ", nnz);
-      const std::uint32_t sign = r.get_bit();
-      if (r.exhausted()) return Status::InvalidPayload("qsgd.decode: Elias stream ends inside nonzero ", k);
-      if (gap > d - next)  // index next + gap - 1 must be < d (gap >= 1 by construction of the code)
-        return Status::InvalidPayload("qsgd.decode: index ", next + gap - 1, " of nonzero ", k,
-                                      " is outside numel=", d);
-      const std::uint64_t idx = next + gap - 1;
-      if (level == 0 || level > cfg_.levels)
-        return Status::InvalidPayload("qsgd.decode: level ", level, " at index ", idx,
-                                      " is not in [1, levels=", cfg_.levels, "]");
-      if (y) {
-        const float v = signed_value(static_cast<std::uint32_t>(level), sign, m);
-        y[idx] += v;
-      }
-      next = idx + 1;
+  /// Validates the chunked Elias body (table and every chunk stream) without writing anything.
+  Status validate_elias(ConstBytes body, std::size_t d) const {
+    const std::size_t nchunks = static_cast<std::size_t>(detail::omega::chunks(d));
+    if (body.size() < 4 + 4 * nchunks)
+      return Status::InvalidPayload("qsgd.decode: body of ", body.size(), " bytes is shorter than the norm and the ",
+                                    nchunks, "-entry chunk table (", 4 + 4 * nchunks, " bytes) for numel=", d);
+    const std::uint8_t* table = body.data() + 4;
+    const std::uint8_t* streams = table + 4 * nchunks;
+    const std::size_t len = body.size() - 4 - 4 * nchunks;
+    if (nchunks == 0 && len != 0)
+      return Status::InvalidPayload("qsgd.decode: ", len, " trailing bytes after an empty Elias body");
+    std::size_t start = 0;
+    for (std::size_t c = 0; c < nchunks; ++c) {
+      const std::size_t end = load_le<std::uint32_t>(table + 4 * c);
+      if (end < start || end > len)
+        return Status::InvalidPayload("qsgd.decode: chunk table entry ", c, " = ", end, " is not in [", start, ", ",
+                                      len, "] (previous end, streams area length)");
+      if (c + 1 == nchunks && end != len)
+        return Status::InvalidPayload("qsgd.decode: the last chunk ends at byte ", end, " but the streams area has ",
+                                      len, " bytes");
+      const std::size_t c0 = c * detail::omega::kChunk;
+      const std::uint32_t n = static_cast<std::uint32_t>(std::min<std::size_t>(detail::omega::kChunk, d - c0));
+      std::uint32_t k = 0;
+      const detail::omega::ChunkError e = detail::omega::parse_chunk(
+          streams + start, end - start, n, cfg_.levels, [](std::uint32_t, std::uint32_t, std::uint32_t) {}, &k);
+      if (e != detail::omega::ChunkError::kOk) return chunk_error(e, c, k, end - start, n);
+      start = end;
     }
-    const std::uint64_t used = r.bits_consumed();
-    const std::size_t want = 4 + bits_to_bytes(used);
-    if (body.size() != want)
-      return Status::InvalidPayload("qsgd.decode: Elias stream uses ", want, " body bytes but the body has ",
-                                    body.size(), " (trailing bytes)");
-    if (used % 8 != 0 && r.get(static_cast<int>(8 - used % 8)) != 0)
-      return Status::InvalidPayload("qsgd.decode: nonzero padding bits after the Elias stream");
     return Status::Ok();
+  }
+
+  Status chunk_error(detail::omega::ChunkError e, std::size_t c, std::uint32_t k, std::size_t bytes,
+                     std::uint32_t n) const {
+    using E = detail::omega::ChunkError;
+    const char* what = e == E::kBadCount    ? "a malformed nonzero count or one above the chunk length"
+                       : e == E::kBadRecord ? "a malformed or truncated Elias code in a nonzero"
+                       : e == E::kBadIndex  ? "an index outside the chunk"
+                       : e == E::kBadLevel  ? "a level outside [1, levels]"
+                       : e == E::kLength    ? "codes that end before the stream's last byte"
+                                            : "nonzero padding bits";
+    const bool rec = e == E::kBadRecord || e == E::kBadIndex || e == E::kBadLevel;
+    const std::string where = rec ? " at nonzero " + std::to_string(k) : std::string();
+    return Status::InvalidPayload("qsgd.decode: Elias chunk ", c, " (", n, " elements, ", bytes, " stream bytes) has ",
+                                  what, where, " (levels=", cfg_.levels, ")");
   }
 
   Status decode_elias(ConstBytes body, Span<float> y, float m, bool acc) const {
     const std::size_t d = y.size();
-    GZ_RETURN_IF_ERROR(walk_elias(body, d, m, nullptr));
+    GZ_RETURN_IF_ERROR(validate_elias(body, d));
     if (!acc) std::memset(y.data(), 0, d * sizeof(float));
-    return walk_elias(body, d, m, y.data());
+    const std::size_t nchunks = static_cast<std::size_t>(detail::omega::chunks(d));
+    const std::uint8_t* table = body.data() + 4;
+    const std::uint8_t* streams = table + 4 * nchunks;
+    std::size_t start = 0;
+    for (std::size_t c = 0; c < nchunks; ++c) {
+      const std::size_t end = load_le<std::uint32_t>(table + 4 * c);
+      const std::size_t c0 = c * detail::omega::kChunk;
+      const std::uint32_t n = static_cast<std::uint32_t>(std::min<std::size_t>(detail::omega::kChunk, d - c0));
+      float* yc = y.data() + c0;
+      std::uint32_t k = 0;
+      (void)detail::omega::parse_chunk(
+          streams + start, end - start, n, cfg_.levels,
+          [&](std::uint32_t i, std::uint32_t level, std::uint32_t sign) { yc[i] += signed_value(level, sign, m); }, &k);
+      start = end;
+    }
+    return Status::Ok();
   }
 
   QsgdConfig cfg_;

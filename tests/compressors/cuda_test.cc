@@ -53,7 +53,11 @@ const char* kSpecs[] = {"identity", "fp16", "bf16", "sign", "natural", "qsgd:lev
                         "randk:ratio=0.05+qsgd:levels=7", "randk:ratio=0.2,shared=0,mode=contractive+natural",
                         "randk:ratio=0.3,shared=0+qsgd:bits=2", "randk:k=1+sign",
                         "randk:ratio=0.05,mode=contractive,seed=42+fp16", "randk:ratio=0.05+scaled(qsgd:levels=7)",
-                        "scaled(randk:ratio=0.05+qsgd:levels=7)", "scaled(randk:ratio=0.2,shared=0+natural)"};
+                        "scaled(randk:ratio=0.05+qsgd:levels=7)", "scaled(randk:ratio=0.2,shared=0+natural)",
+                        // QSGD's chunked Elias coding (variable length; 1 to 65 chunks over kSizes), the largest
+                        // worst-case slots (bits=16, linf: every element nonzero), under scaled().
+                        "qsgd:levels=7,coding=elias", "qsgd:levels=3,norm=linf,coding=elias",
+                        "qsgd:bits=16,norm=linf,coding=elias", "scaled(qsgd:levels=7,coding=elias)"};
 const std::size_t kSizes[] = {1, 7, 33, 4095, 4097, 100003, (1u << 20) + 3};
 
 void compare_spec(const std::string& spec, std::size_t n, int kind, std::size_t x_off) {
@@ -140,7 +144,8 @@ TEST(CudaCodecs, TopKUnluckySampleFallsBackToEveryIndex) {
 TEST(CudaCodecs, LargeTopKMatchesCpu) {
   REQUIRE_GPU();
   compare_spec("topk:ratio=0.01", 25'000'000, 0, 0);
-  compare_spec("topk:ratio=0.01", 3'000'001, 1, 0);  // heavy ties
+  compare_spec("topk:ratio=0.01", 3'000'001, 1, 0);              // heavy ties
+  compare_spec("qsgd:levels=7,coding=elias", 25'000'000, 0, 0);  // 1526 chunks
 }
 
 TEST(CudaCodecs, BadPayloadsAreRejected) {
@@ -200,11 +205,14 @@ TEST(CudaCodecs, BodyCorruptionIsReported) {
   const std::size_t n = 1000;
   // compose: padding bits after a 3 x 10-bit index list, the nested payload's magic, a bitmap with more than k bits.
   // compose(randk): the same checks (its indices travel in the same section as Top-K's).
-  for (const Case& k : {Case{"topk:k=3", 1, 0xff}, Case{"natural", 200, 0xff}, Case{"qsgd:levels=5", 10, 0xff},
-                        Case{"scaled(natural)", 200, 0xff}, Case{"topk:k=3+qsgd:levels=5", 3, 0xff},
-                        Case{"topk:k=3+qsgd:levels=5", 4, 0x00}, Case{"topk:ratio=0.3+natural", 0, 0xff},
-                        Case{"randk:k=3+qsgd:levels=5", 3, 0xff}, Case{"randk:k=3,shared=0+qsgd:levels=5", 4, 0x00},
-                        Case{"randk:ratio=0.3+natural", 0, 0xff}, Case{"scaled(randk:k=3+qsgd:levels=5)", 4, 0x00}}) {
+  for (const Case& k :
+       {Case{"topk:k=3", 1, 0xff}, Case{"natural", 200, 0xff}, Case{"qsgd:levels=5", 10, 0xff},
+        Case{"scaled(natural)", 200, 0xff}, Case{"topk:k=3+qsgd:levels=5", 3, 0xff},
+        Case{"topk:k=3+qsgd:levels=5", 4, 0x00}, Case{"topk:ratio=0.3+natural", 0, 0xff},
+        Case{"randk:k=3+qsgd:levels=5", 3, 0xff}, Case{"randk:k=3,shared=0+qsgd:levels=5", 4, 0x00},
+        Case{"randk:ratio=0.3+natural", 0, 0xff}, Case{"scaled(randk:k=3+qsgd:levels=5)", 4, 0x00},
+        // Elias (one chunk at n = 1000): the table entry (its high byte: past the body), the chunk's count code.
+        Case{"qsgd:levels=5,coding=elias", 7, 0xff}, Case{"qsgd:levels=5,coding=elias", 8, 0xff}}) {
     SCOPED_TRACE(k.spec);
     auto codec = parse_compressor(k.spec);
     const Compressor& c = **codec;
@@ -226,7 +234,8 @@ TEST(CudaCodecs, BodyCorruptionIsReported) {
     ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
     EXPECT_EQ(c.decode(ConstBytes(dp.p, bad.size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu).code(),
               StatusCode::kInvalidPayload);
-    if (std::string(k.spec).find('+') != std::string::npos) {  // compose writes y only after full validation
+    // compose and Elias write y only after full validation.
+    if (std::string(k.spec).find('+') != std::string::npos || std::string(k.spec).find("elias") != std::string::npos) {
       const auto y = dy.get(n);
       for (float v : y) ASSERT_EQ(v, 0.0f);
     }
@@ -245,8 +254,9 @@ TEST(CudaCodecs, ScaledFlagIsRequiredExactly) {
   cpu.rng = {3, 1, 4, 1};
   Exec gpu = cpu;
   gpu.device = Device::kCuda;
-  for (const char* inner : {"natural", "qsgd:levels=7", "qsgd:bits=2", "randk:ratio=0.05", "randk:ratio=0.2,shared=0",
-                            "randk:ratio=0.05+qsgd:levels=7", "randk:ratio=0.3,shared=0+natural"}) {
+  for (const char* inner :
+       {"natural", "qsgd:levels=7", "qsgd:bits=2", "randk:ratio=0.05", "randk:ratio=0.2,shared=0",
+        "randk:ratio=0.05+qsgd:levels=7", "randk:ratio=0.3,shared=0+natural", "qsgd:levels=7,coding=elias"}) {
     SCOPED_TRACE(inner);
     auto plain = parse_compressor(inner);
     auto wrapped = parse_compressor(std::string("scaled(") + inner + ")");
@@ -367,7 +377,9 @@ TEST(CudaCodecs, DeviceCoverage) {
   EXPECT_TRUE((*parse_compressor("randk:ratio=0.05,shared=0+natural"))->has_cuda());
   EXPECT_FALSE((*parse_compressor("randk:ratio=0.05+qsgd:levels=7,coding=elias"))->has_cuda());
   EXPECT_FALSE((*parse_compressor("topk:ratio=0.05+qsgd:levels=7,coding=elias"))->has_cuda());
-  EXPECT_FALSE((*parse_compressor("scaled(qsgd:levels=7,coding=elias)"))->has_cuda());
+  // Elias has kernels; compose needs a fixed-size nested payload, so compose(..., elias) stays on the host.
+  EXPECT_TRUE((*parse_compressor("qsgd:levels=7,coding=elias"))->has_cuda());
+  EXPECT_TRUE((*parse_compressor("scaled(qsgd:levels=7,coding=elias)"))->has_cuda());
 }
 
 TEST(CudaCodecs, EncodeErrors) {
@@ -389,17 +401,22 @@ TEST(CudaCodecs, EncodeErrors) {
   s = (*fp16)->encode(Span<const float>(dx.p, 100), MutableBytes(out.p, 1000), &w, gpu);
   EXPECT_EQ(s.code(), StatusCode::kOutOfRange) << s.to_string();
   auto elias = parse_compressor("qsgd:levels=7,coding=elias");
-  EXPECT_FALSE((*elias)->has_cuda());
+  EXPECT_TRUE((*elias)->has_cuda());
   s = (*elias)->encode(Span<const float>(dx.p, 100), MutableBytes(out.p, 1000), &w, gpu);
-  EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.to_string();
+  EXPECT_TRUE(s.ok()) << s.to_string();
+  x[37] = std::nanf("");
+  dx.put(x);
+  s = (*elias)->encode(Span<const float>(dx.p, 100), MutableBytes(out.p, 1000), &w, gpu);
+  EXPECT_EQ(s.code(), StatusCode::kNonFinite) << s.to_string();
 }
 
 // The device feedback steps against the CPU rules computed here (same float operations), over several steps.
 TEST(CudaFeedback, StepsMatchCpuRules) {
   REQUIRE_GPU();
   const std::size_t n = 300007;
-  for (const char* spec : {"topk:ratio=0.01", "sign", "qsgd:levels=7", "randk:ratio=0.05", "scaled(qsgd:levels=7)",
-                           "topk:ratio=0.01+qsgd:levels=7", "randk:ratio=0.05,shared=0+qsgd:levels=7"}) {
+  for (const char* spec :
+       {"topk:ratio=0.01", "sign", "qsgd:levels=7", "randk:ratio=0.05", "scaled(qsgd:levels=7)",
+        "topk:ratio=0.01+qsgd:levels=7", "randk:ratio=0.05,shared=0+qsgd:levels=7", "qsgd:levels=7,coding=elias"}) {
     SCOPED_TRACE(spec);
     auto codec = parse_compressor(spec);
     const Compressor& c = **codec;

@@ -1,11 +1,13 @@
 // QSGD (algorithms.md §2.2, worked example §2.3, checklist §8.1): spec parsing, exact payload sizes, the
 // s = 2 example, a scalar reference of the quantizer and the bit packing, Monte-Carlo unbiasedness and variance,
-// Elias-omega coding, corrupted payloads.
+// Elias-omega coding (the chunked wire, checked by an independent reference decoder), corrupted payloads.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
+#include "../../compressors/src/elias_omega.h"  // internal: the chunk length B and the code shared with CUDA
 #include "gradzip/compressors/bitcodes.h"
 #include "gradzip/compressors/payload.h"
 #include "gradzip/compressors/rng.h"
@@ -450,8 +452,8 @@ TEST(QsgdElias, ShorterThanFixedForSmallLevelsAndNearTheQsgdBound) {
   const double sd = s, dd = d, nnz_bound = sd * (sd + std::sqrt(dd));
   const double general = (3 + 1.5 * std::log2(2 * (sd * sd + dd) / nnz_bound)) * nnz_bound + 32;
   ::testing::Test::RecordProperty("elias_bits_s100_d1e4", static_cast<int>(bits));
-  EXPECT_LE(bits, general);
-  EXPECT_LE(bits, 2.8 * dd + 32 + 7);  // + padding to a byte
+  EXPECT_LE(bits, general + 32);            // + the one-entry chunk table (d < B)
+  EXPECT_LE(bits, 2.8 * dd + 32 + 32 + 7);  // + the table + padding to a byte
   EXPECT_LT(bits, 8.0 * (must_parse("qsgd:levels=100")->max_encoded_bytes(d) - kHeaderBytes));
 }
 
@@ -465,8 +467,197 @@ TEST(QsgdElias, MaxEncodedBytesIsTightForTheWorstCase) {
     ASSERT_TRUE(p.ok());
     EXPECT_EQ(p->size(), c->max_encoded_bytes(x.size())) << s;
     const std::uint64_t bits = detail::elias_omega_bits(1002) + 1001ull * (detail::elias_omega_bits(s) + 2);
-    EXPECT_EQ(p->size(), kHeaderBytes + 4 + bits_to_bytes(bits));
+    EXPECT_EQ(p->size(), kHeaderBytes + 4 + 4 + bits_to_bytes(bits));  // N, a one-entry table, the stream
   }
+  // Several chunks (two full ones and a short one): the bound is reached chunk by chunk.
+  const std::size_t B = detail::omega::kChunk, d = 2 * B + 5;
+  for (std::uint32_t s : {1u, 7u}) {
+    auto c = must_parse("qsgd:levels=" + std::to_string(s) + ",norm=linf,coding=elias");
+    std::vector<float> x(d);
+    for (std::size_t j = 0; j < d; ++j) x[j] = (j % 5) ? -1.5f : 1.5f;
+    auto p = c->encode(Span<const float>(x.data(), d), Exec{});
+    ASSERT_TRUE(p.ok());
+    EXPECT_EQ(p->size(), c->max_encoded_bytes(d)) << s;
+    auto chunk = [&](std::uint64_t n) {
+      return bits_to_bytes(detail::elias_omega_bits(n + 1) + n * (detail::elias_omega_bits(s) + 2));
+    };
+    EXPECT_EQ(p->size(), kHeaderBytes + 4 + 3 * 4 + 2 * chunk(B) + chunk(5)) << s;
+  }
+}
+
+// ---- the chunked wire, read by a reference decoder written here from qsgd.cc's format description ----------------
+
+/// LSB-first bit reader over a byte range, one bit at a time (independent of BitReader and elias_omega.h).
+struct RefBits {
+  const std::uint8_t* p;
+  std::size_t nbytes;
+  std::uint64_t pos = 0;
+  bool over = false;
+  int bit() {
+    if (pos >= 8 * nbytes) {
+      over = true;
+      return 0;
+    }
+    const int b = (p[pos / 8] >> (pos % 8)) & 1;
+    ++pos;
+    return b;
+  }
+  // Elias omega: N = 1; while the next bit is 1, that bit and the following N bits (MSB first) are the new N.
+  bool omega(std::uint64_t* out) {
+    std::uint64_t n = 1;
+    while (bit() == 1) {
+      if (over || n > 40) return false;
+      std::uint64_t v = 1;
+      for (std::uint64_t i = 0; i < n; ++i) v = (v << 1) | static_cast<std::uint64_t>(bit());
+      n = v;
+    }
+    if (over) return false;
+    *out = n;
+    return true;
+  }
+};
+
+/// Decodes a QSGD coding=elias payload into (N, per-element signed levels); false for any format violation.
+bool reference_elias_decode(const std::vector<std::uint8_t>& payload, std::size_t d, std::uint32_t s, float* norm,
+                            std::vector<std::int64_t>* levels) {
+  const std::size_t B = 16384;  // the chunk length the format fixes
+  if (payload.size() < kHeaderBytes) return false;
+  const std::size_t body = load_le<std::uint32_t>(payload.data() + 16);
+  if (payload.size() != kHeaderBytes + body) return false;
+  const std::size_t C = (d + B - 1) / B;
+  if (body < 4 + 4 * C) return false;
+  const std::uint8_t* b = payload.data() + kHeaderBytes;
+  *norm = load_le<float>(b);
+  const std::size_t len = body - 4 - 4 * C;
+  levels->assign(d, 0);
+  std::size_t start = 0;
+  for (std::size_t c = 0; c < C; ++c) {
+    const std::size_t end = load_le<std::uint32_t>(b + 4 + 4 * c);
+    if (end < start || end > len) return false;
+    const std::size_t n = std::min(B, d - c * B);
+    RefBits r{b + 4 + 4 * C + start, end - start};
+    std::uint64_t nnz1 = 0;
+    if (!r.omega(&nnz1) || nnz1 - 1 > n) return false;
+    std::int64_t prev = -1;
+    for (std::uint64_t k = 0; k + 1 < nnz1; ++k) {
+      std::uint64_t gap = 0, level = 0;
+      if (!r.omega(&gap) || !r.omega(&level)) return false;
+      const int sign = r.bit();
+      if (r.over) return false;
+      const std::int64_t idx = prev + static_cast<std::int64_t>(gap);
+      if (idx >= static_cast<std::int64_t>(n) || level == 0 || level > s) return false;
+      (*levels)[c * B + static_cast<std::size_t>(idx)] =
+          sign ? -static_cast<std::int64_t>(level) : static_cast<std::int64_t>(level);
+      prev = idx;
+    }
+    if ((r.pos + 7) / 8 != end - start) return false;  // the stream ends in its last byte
+    while (r.pos % 8 != 0)
+      if (r.bit() != 0) return false;  // zero padding
+    start = end;
+  }
+  return start == len;
+}
+
+/// The fixed coding's per-element signed levels (W-bit codes, LSB-first) of the same x and key.
+std::vector<std::int64_t> fixed_levels(const std::vector<std::uint8_t>& p, std::size_t d, std::uint32_t s) {
+  const int w = width_for(s);
+  std::vector<std::int64_t> out(d);
+  RefBits r{p.data() + kHeaderBytes + 4, p.size() - kHeaderBytes - 4};
+  for (std::size_t j = 0; j < d; ++j) {
+    std::uint64_t code = 0;
+    for (int i = 0; i < w; ++i) code |= static_cast<std::uint64_t>(r.bit()) << i;
+    out[j] = (code & 1) ? -static_cast<std::int64_t>(code >> 1) : static_cast<std::int64_t>(code >> 1);
+  }
+  return out;
+}
+
+TEST(QsgdEliasChunked, ReferenceDecoderAgreesAtChunkBoundaries) {
+  const std::size_t B = detail::omega::kChunk;
+  ASSERT_EQ(B, 16384u);
+  for (std::size_t d : {std::size_t{1}, B - 1, B, B + 1, 3 * B + 5}) {
+    for (const char* spec : {"qsgd:levels=7", "qsgd:levels=3,norm=linf"}) {
+      const std::uint32_t s = std::string(spec).find("levels=7") != std::string::npos ? 7 : 3;
+      auto x = gaussian(d, static_cast<unsigned>(d % 1000 + 5));
+      // Large values on both sides of every chunk boundary (and at the ends), so chunks start and end nonzero.
+      for (std::size_t c = 0; c * B <= d; ++c) {
+        if (c * B < d) x[c * B] = 40.0f;
+        if (c * B >= 1) x[c * B - 1] = -40.0f;
+      }
+      x[d - 1] = 35.0f;
+      auto elias = must_parse(std::string(spec) + ",coding=elias");
+      auto fixed = must_parse(spec);
+      const Exec ex = key_exec(d, 4);
+      auto pe = elias->encode(Span<const float>(x.data(), d), ex);
+      auto pf = fixed->encode(Span<const float>(x.data(), d), ex);
+      ASSERT_TRUE(pe.ok() && pf.ok());
+      EXPECT_LE(pe->size(), elias->max_encoded_bytes(d));
+      float norm = 0.0f;
+      std::vector<std::int64_t> lv;
+      ASSERT_TRUE(reference_elias_decode(*pe, d, s, &norm, &lv)) << spec << " d=" << d;
+      EXPECT_EQ(norm, load_le<float>(pf->data() + kHeaderBytes));
+      const auto want = fixed_levels(*pf, d, s);
+      ASSERT_EQ(lv, want) << spec << " d=" << d;
+      for (std::size_t c = 0; c * B < d; ++c) ASSERT_NE(lv[c * B], 0) << "chunk start " << c;
+      // The encoder's chunk streams equal omega::write_chunk (the plain loop beside the CUDA kernel's) of the codes.
+      const std::size_t C = (d + B - 1) / B;
+      const std::uint8_t* table = pe->data() + kHeaderBytes + 4;
+      std::size_t start = 0;
+      for (std::size_t c = 0; c < C; ++c) {
+        const std::size_t n = std::min(B, d - c * B), end = load_le<std::uint32_t>(table + 4 * c);
+        std::vector<std::uint32_t> codes(n);
+        std::uint32_t nnz = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::int64_t l = want[c * B + i];
+          codes[i] = static_cast<std::uint32_t>(l < 0 ? (-l << 1) | 1 : l << 1);
+          nnz += l != 0;
+        }
+        std::vector<std::uint8_t> buf(bits_to_bytes(detail::omega::chunk_max_bits(n, s)));
+        const std::size_t nb = detail::omega::write_chunk(codes.data(), static_cast<std::uint32_t>(n), nnz, buf.data());
+        ASSERT_EQ(nb, end - start) << "chunk " << c;
+        ASSERT_EQ(std::memcmp(buf.data(), table + 4 * C + start, nb), 0) << "chunk " << c;
+        start = end;
+      }
+      // The codec's own decode gives level * (N / s) with the sign, as the fixed coding's decode.
+      const auto ye = decode_or_fail(*elias, *pe, d);
+      const auto yf = decode_or_fail(*fixed, *pf, d);
+      for (std::size_t j = 0; j < d; ++j) ASSERT_EQ(ye[j], yf[j]) << spec << " d=" << d << " j=" << j;
+    }
+  }
+}
+
+TEST(QsgdEliasChunked, SharedOmegaCodeMatchesTheReference) {
+  // elias_omega.h (the code the CUDA kernels run) against RefBits, for every value the wire can carry.
+  std::vector<std::uint32_t> vals;
+  for (std::uint32_t n = 1; n <= 70000; ++n) vals.push_back(n);
+  vals.push_back(0xFFFFFFFFu);
+  for (std::uint32_t v : vals) {
+    std::uint64_t code = 0;
+    const int len = detail::omega::code(v, &code);
+    ASSERT_EQ(len, detail::elias_omega_bits(v)) << v;
+    std::uint8_t buf[8];
+    store_le<std::uint64_t>(buf, code);
+    RefBits r{buf, 8};
+    std::uint64_t got = 0;
+    ASSERT_TRUE(r.omega(&got)) << v;
+    ASSERT_EQ(got, v);
+    ASSERT_EQ(r.pos, static_cast<std::uint64_t>(len));
+    detail::omega::Reader rd(buf, bits_to_bytes(len));
+    std::uint32_t g2 = 0;
+    ASSERT_TRUE(detail::omega::get(rd, &g2)) << v;
+    ASSERT_EQ(g2, v);
+    ASSERT_EQ(rd.pos, static_cast<std::uint64_t>(len));
+  }
+  std::uint64_t c = 0;
+  EXPECT_EQ(detail::omega::code(0, &c), 0);
+  EXPECT_EQ(detail::omega::code(std::uint64_t{1} << 32, &c), 0);
+  // A code with a group longer than 32 bits is malformed for the wire (no value can need it).
+  std::vector<std::uint8_t> big(16, 0);
+  BitWriter w(big.data(), big.size());
+  detail::elias_omega_put(w, std::uint64_t{1} << 40);
+  w.finish();
+  detail::omega::Reader rd(big.data(), big.size());
+  std::uint32_t v = 0;
+  EXPECT_FALSE(detail::omega::get(rd, &v));
 }
 
 // ------------------------------------------------------------------------------------------------ corruption
@@ -540,6 +731,47 @@ TEST(Qsgd, CorruptedFixedPayloadsAreRejected) {
       StatusCode::kInvalidPayload);
 }
 
+/// A chunked Elias payload from hand-made chunk streams (each a list of omega values, -1 = a 0 sign bit, -2 = a 1
+/// sign bit), written with BitWriter + detail::elias_omega_put, with the header of `like`; `extra` is appended to the
+/// given chunk's bytes (trailing garbage), `pad` ORed into the given chunk's last byte.
+struct Chunk {
+  Chunk(std::vector<std::int64_t> i, std::vector<std::uint8_t> e = {}, std::uint8_t p = 0)
+      : items(std::move(i)), extra(std::move(e)), pad(p) {}
+  std::vector<std::int64_t> items;
+  std::vector<std::uint8_t> extra;
+  std::uint8_t pad;
+};
+std::vector<std::uint8_t> make_elias(const std::vector<std::uint8_t>& like, const std::vector<Chunk>& chunks,
+                                     float norm = 1.0f) {
+  std::vector<std::uint8_t> streams;
+  std::vector<std::uint32_t> ends;
+  for (const Chunk& ch : chunks) {
+    std::vector<std::uint8_t> b(256, 0);
+    BitWriter w(b.data(), b.size());
+    for (std::int64_t it : ch.items) {
+      if (it == -1 || it == -2) {
+        w.put(it == -2 ? 1u : 0u, 1);
+      } else {
+        detail::elias_omega_put(w, static_cast<std::uint64_t>(it));
+      }
+    }
+    b.resize(w.finish());
+    b.back() |= ch.pad;
+    b.insert(b.end(), ch.extra.begin(), ch.extra.end());
+    streams.insert(streams.end(), b.begin(), b.end());
+    ends.push_back(static_cast<std::uint32_t>(streams.size()));
+  }
+  std::vector<std::uint8_t> q(like.begin(), like.begin() + kHeaderBytes);
+  std::uint32_t nb;
+  std::memcpy(&nb, &norm, 4);
+  ends.insert(ends.begin(), nb);  // N first, then the table
+  for (std::uint32_t v : ends)
+    for (int b = 0; b < 4; ++b) q.push_back(static_cast<std::uint8_t>(v >> (8 * b)));
+  q.insert(q.end(), streams.begin(), streams.end());
+  set_body_bytes(q, q.size() - kHeaderBytes);
+  return q;
+}
+
 TEST(Qsgd, CorruptedEliasPayloadsAreRejected) {
   auto c = must_parse("qsgd:levels=3,coding=elias");
   const std::size_t d = 300;
@@ -555,34 +787,82 @@ TEST(Qsgd, CorruptedEliasPayloadsAreRejected) {
     q.pop_back();
     set_body_bytes(q, body - 1);
     expect_rejected(*c, q, d, "truncated");
+    q = p;  // table entry != streams length
+    store_le<std::uint32_t>(q.data() + kHeaderBytes + 4, load_le<std::uint32_t>(q.data() + kHeaderBytes + 4) - 1);
+    expect_rejected(*c, q, d, "table entry");
+    q.resize(kHeaderBytes + 6);  // shorter than N + the table
+    set_body_bytes(q, 6);
+    expect_rejected(*c, q, d, "no table");
   }
-  // Hand-made streams: norm 1.0, then Elias codes.
-  auto make = [&](const std::vector<std::uint64_t>& codes, const std::vector<int>& sign_after) {
-    std::vector<std::uint8_t> b(64, 0);
-    BitWriter w(b.data(), b.size());
-    for (std::size_t i = 0; i < codes.size(); ++i) {
-      detail::elias_omega_put(w, codes[i]);
-      if (std::find(sign_after.begin(), sign_after.end(), static_cast<int>(i)) != sign_after.end()) w.put(0, 1);
-    }
-    const std::size_t nb = w.finish();
-    std::vector<std::uint8_t> q(p.begin(), p.begin() + kHeaderBytes);
-    q.resize(kHeaderBytes + 4 + nb);
-    store_le<float>(q.data() + kHeaderBytes, 1.0f);
-    std::memcpy(q.data() + kHeaderBytes + 4, b.data(), nb);
-    set_body_bytes(q, 4 + nb);
-    return q;
-  };
+  // Hand-made one-chunk streams: norm 1.0; chunk = omega(nnz + 1), then (gap, level, sign) per nonzero.
   {
-    auto ok = make({3, 1, 2, 5, 3}, {2, 4});  // nnz = 2: index 0 level 2, index 5 level 3
+    auto ok = make_elias(p, {{{3, 1, 2, -1, 5, 3, -1}}});  // nnz = 2: index 0 level 2, index 5 level 3
     std::vector<float> y(d, 0.0f);
     GZ_ASSERT_OK(c->decode(ConstBytes(ok.data(), ok.size()), Span<float>(y.data(), d), DecodeMode::kOverwrite, Exec{}));
     EXPECT_EQ(y[0], 2.0f / 3.0f);
     EXPECT_EQ(y[5], 1.0f);
   }
-  expect_rejected(*c, make({d + 2}, {}), d, "nnz > d");
-  expect_rejected(*c, make({2, d + 1, 1}, {2}), d, "index >= d");
-  expect_rejected(*c, make({2, 1, 4}, {2}), d, "level > s");
-  expect_rejected(*c, make({3, 1, 1}, {2}), d, "stream exhausted");
+  expect_rejected(*c, make_elias(p, {{{static_cast<std::int64_t>(d + 2)}}}), d, "nnz > chunk length");
+  expect_rejected(*c, make_elias(p, {{{2, static_cast<std::int64_t>(d + 1), 1, -1}}}), d, "index >= d");
+  expect_rejected(*c, make_elias(p, {{{2, 1, 4, -1}}}), d, "level > s");
+  expect_rejected(*c, make_elias(p, {{{3, 1, 1, -1}}}), d, "stream exhausted");
+  expect_rejected(*c, make_elias(p, {{{2, 1, 1, -1}, {0}}}), d, "trailing zero byte in the chunk");
+  expect_rejected(*c, make_elias(p, {{{2, 1, 1, -1}, {}, 0x80}}), d, "padding bit");
+  expect_rejected(*c, make_elias(p, {{{2, 1, 1, -1}}}, -1.0f), d, "negative norm");
+}
+
+TEST(QsgdEliasChunked, CorruptedChunksAndTablesAreRejected) {
+  const std::size_t B = detail::omega::kChunk, d = 3 * B + 5;
+  auto c = must_parse("qsgd:levels=3,coding=elias");
+  const auto x = gaussian(d, 21);
+  const auto p = *c->encode(Span<const float>(x.data(), d), key_exec(6));
+  // A valid hand-made payload: chunk 1 has element B (its index 0) at level 1, chunk 3 (5 elements) element
+  // 3B + 4 at level 3, negative; chunks 0 and 2 are empty.
+  const Chunk empty{{1}};
+  const std::vector<Chunk> good = {empty, {{2, 1, 1, -1}}, empty, {{2, 5, 3, -2}}};
+  {
+    const auto q = make_elias(p, good, 3.0f);
+    std::vector<float> y(d, 7.0f);
+    GZ_ASSERT_OK(c->decode(ConstBytes(q.data(), q.size()), Span<float>(y.data(), d), DecodeMode::kOverwrite, Exec{}));
+    for (std::size_t j = 0; j < d; ++j) {
+      const float want = j == B ? 1.0f : j == 3 * B + 4 ? -3.0f : 0.0f;
+      ASSERT_EQ(y[j], want) << j;
+    }
+    float norm = 0.0f;
+    std::vector<std::int64_t> lv;
+    ASSERT_TRUE(reference_elias_decode(q, d, 3, &norm, &lv));
+  }
+  // Every table entry of the real payload moved by +-1, and past the streams area: rejected.
+  const std::size_t C = 4;
+  for (std::size_t k = 0; k < C; ++k) {
+    for (int delta : {-1, 1, 1 << 20}) {
+      auto q = p;
+      std::uint8_t* e = q.data() + kHeaderBytes + 4 + 4 * k;
+      store_le<std::uint32_t>(e, load_le<std::uint32_t>(e) + static_cast<std::uint32_t>(delta));
+      expect_rejected(*c, q, d, ("table entry " + std::to_string(k) + " + " + std::to_string(delta)).c_str());
+    }
+  }
+  // Each chunk in turn: an index outside the chunk, a level above s, a count above the chunk length, trailing
+  // bytes, a padding bit, a truncated stream. The other chunks stay valid.
+  for (std::size_t k = 0; k < C; ++k) {
+    const std::uint64_t n = k + 1 < C ? B : 5;
+    const std::vector<std::pair<Chunk, std::string>> bad = {
+        {{{2, static_cast<std::int64_t>(n + 1), 1, -1}}, "index outside the chunk"},
+        {{{2, 1, 4, -1}}, "level above s"},
+        {{{static_cast<std::int64_t>(n + 2)}}, "nnz above the chunk length"},
+        {{{2, 1, 1, -1}, {0}}, "trailing byte"},
+        {{{2, 1, 1, -1}, {}, 0x40}, "padding bit"},
+        {{{3, 1, 1, -1}}, "truncated"},
+    };
+    for (const auto& b : bad) {
+      auto chunks = good;
+      chunks[k] = b.first;
+      expect_rejected(*c, make_elias(p, chunks), d, (b.second + " in chunk " + std::to_string(k)).c_str());
+    }
+  }
+  // Too few chunks for numel (the table is read at the wrong place) and one chunk too many.
+  expect_rejected(*c, make_elias(p, {empty, empty, empty}), d, "3 chunks");
+  expect_rejected(*c, make_elias(p, {empty, empty, empty, empty, empty}), d, "5 chunks");
 }
 
 // ------------------------------------------------------------------------------------------------ batched RNG

@@ -59,7 +59,7 @@ def test_cuda_ops_errors():
     with pytest.raises(RuntimeError, match="InvalidPayload"):
         torch.ops.gradzip.decode(bad, "topk:k=3", 100)
     assert torch.ops.gradzip.cuda_supported("topk:ratio=0.01")
-    assert not torch.ops.gradzip.cuda_supported("qsgd:levels=7,coding=elias")
+    assert torch.ops.gradzip.cuda_supported("qsgd:levels=7,coding=elias")  # chunked Elias wire (issue 8)
     assert torch.ops.gradzip.cuda_supported("scaled(qsgd:levels=7)")
     assert torch.ops.gradzip.cuda_supported("topk:ratio=0.01+qsgd:levels=7")
     assert torch.ops.gradzip.cuda_supported("randk:ratio=0.01+qsgd:levels=7")

@@ -4,6 +4,7 @@
 // aligned) and write the packed bytes of those 8 elements; reductions follow reduce.h's chunk/lane/tree order.
 #include "common.cuh"
 #include "gradzip/compressors/reduce.h"
+#include "qsgd_quant.cuh"
 
 namespace gradzip::detail::cuda {
 namespace {
@@ -411,9 +412,6 @@ __global__ void natural_decode_kernel(const std::uint8_t* payload, HeaderWords e
 
 // ---- QSGD (fixed coding)
 // ----------------------------------------------------------------------------------------------
-struct QuantDev {
-  float pre, scale, sf;
-};
 /// One block of kTotalThreads: ||x||_2 from the partial sums of squares (pairwise tree), or ||x||_inf; the scale.
 __global__ void __launch_bounds__(kTotalThreads)
     qsgd_params_kernel(const double* part, std::size_t count, const unsigned* linf, std::uint32_t levels,
@@ -449,16 +447,7 @@ __global__ void qsgd_encode_kernel(const float* x, std::size_t n, RngKey key, co
   std::uint64_t acc[3] = {0, 0, 0};
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    const std::uint32_t u = __float_as_uint(v[j]);
-    const std::uint32_t sign = u >> 31;
-    float r = fabsf(v[j]) * q.pre * q.scale;
-    r = r < q.sf ? r : q.sf;
-    const int l = static_cast<int>(r);
-    const float frac = r - static_cast<float>(l);
-    const std::uint32_t rnd = j < 4 ? r0.v[j] : r1.v[j - 4];
-    const float u24 = static_cast<float>(static_cast<int>(rnd >> 8));
-    const std::uint32_t lvl = static_cast<std::uint32_t>(l) + static_cast<std::uint32_t>(u24 < frac * 16777216.0f);
-    std::uint64_t code = (lvl << 1) | (sign & static_cast<std::uint32_t>(lvl != 0));
+    std::uint64_t code = qsgd_code(v[j], j < 4 ? r0.v[j] : r1.v[j - 4], q);
     if (i0 + j >= n) code = 0;
     const int p = j * W, word = p / 64, off = p % 64;
     acc[word] |= code << off;
@@ -638,30 +627,40 @@ std::size_t qsgd_workspace(std::size_t d) {
   return Scratch::round(reduce_doubles(d) * sizeof(double)) + Scratch::round(2 * sizeof(double)) +
          Scratch::round(sizeof(QuantDev)) + 256;
 }
-Status qsgd_encode(std::uint32_t levels, int width, bool linf, Span<const float> x, MutableBytes body,
-                   std::size_t* body_bytes, const Exec& ex) {
+Status qsgd_params(std::uint32_t levels, bool linf, Span<const float> x, std::uint8_t* norm_out, Scratch& scratch,
+                   QuantDev** q_out, std::uint32_t* status, const Exec& ex) {
   const std::size_t n = x.size(), parts = parts_of(n);
   const cudaStream_t s = stream_of(ex);
   const bool vec = aligned(x.data(), 16);
   if (!linf) GZ_RETURN_IF_ERROR(check_total_fits(n));
-  Scratch scratch;
-  GZ_RETURN_IF_ERROR(scratch.init(qsgd_workspace(n), ex));
   double* part = scratch.take<double>(parts);
   unsigned* mx = scratch.take<unsigned>(2);
   QuantDev* q = scratch.take<QuantDev>(1);
-  StatusWord st;
-  GZ_RETURN_IF_ERROR(st.init(ex));
   if (linf) {
     GZ_CUDA_CHECK(cudaMemsetAsync(mx, 0, sizeof(unsigned), s));
     max_abs_kernel<<<grid8(n), kThreads, 0, s>>>(x.data(), n, vec, mx);
     GZ_CUDA_LAUNCH_CHECK();
-    qsgd_params_kernel<<<1, kTotalThreads, 0, s>>>(nullptr, 0, mx, levels, body.data(), q, st.get());
+    qsgd_params_kernel<<<1, kTotalThreads, 0, s>>>(nullptr, 0, mx, levels, norm_out, q, status);
   } else {
     chunk_lane_kernel<true, false><<<static_cast<unsigned>(parts), kLaneThreads, 0, s>>>(x.data(), n, part, nullptr, 0);
     GZ_CUDA_LAUNCH_CHECK();
-    qsgd_params_kernel<<<1, kTotalThreads, 0, s>>>(part, parts, nullptr, levels, body.data(), q, st.get());
+    qsgd_params_kernel<<<1, kTotalThreads, 0, s>>>(part, parts, nullptr, levels, norm_out, q, status);
   }
   GZ_CUDA_LAUNCH_CHECK();
+  *q_out = q;
+  return Status::Ok();
+}
+Status qsgd_encode(std::uint32_t levels, int width, bool linf, Span<const float> x, MutableBytes body,
+                   std::size_t* body_bytes, const Exec& ex) {
+  const std::size_t n = x.size();
+  const cudaStream_t s = stream_of(ex);
+  const bool vec = aligned(x.data(), 16);
+  Scratch scratch;
+  GZ_RETURN_IF_ERROR(scratch.init(qsgd_workspace(n), ex));
+  StatusWord st;
+  GZ_RETURN_IF_ERROR(st.init(ex));
+  QuantDev* q = nullptr;
+  GZ_RETURN_IF_ERROR(qsgd_params(levels, linf, x, body.data(), scratch, &q, st.get(), ex));
   const std::size_t code_bytes = (n * static_cast<std::size_t>(width) + 7) / 8;
   GZ_RETURN_IF_ERROR(dispatch_width(width, [&](auto wc) {
     constexpr int W = decltype(wc)::value;
