@@ -3,9 +3,9 @@ with no host round trip (issue 8).
 
 Used by ``gradzip.ddp.State`` when the bucket is a CUDA float32 tensor, the extension has CUDA kernels
 (``gradzip._C.cuda_kernels``), the codec has them (``torch.ops.gradzip.cuda_supported``, i.e.
-``Compressor::has_cuda()``: also ``scaled(<codec with kernels>)`` and ``topk:...+<quantizer with kernels>``; not low
-rank, QSGD ``coding=elias`` or ``randk+...``), ``granularity="bucket"``
-and the bucket has at least ``min_compress_numel`` elements; everything else keeps the host path of ``_comm``.
+``Compressor::has_cuda()``: also ``scaled(<codec with kernels>)``, QSGD ``coding=elias`` and
+``topk|randk:...+<quantizer with kernels>``) and keeps no state across calls (not low rank: codec_supported),
+``granularity="bucket"`` and the bucket has at least ``min_compress_numel`` elements; everything else keeps the host path of ``_comm``.
 Per bucket (keyed by DDP's bucket index and size; a size change resets the memories, logged once):
 
   worker   torch.ops.gradzip.cuda_step: the feedback rule (none / ef14 / ef21 / econtrol, all math in C++/CUDA)
