@@ -242,6 +242,38 @@ TEST(CudaCodecs, BodyCorruptionIsReported) {
   }
 }
 
+// enc's payload of x is rejected by dec on the CPU and on the device (kInvalidPayload, y left at 0); with
+// `also_async_and_matching` also through the device status word (y untouched), and enc's own device decode accepts it.
+void expect_foreign_payload_rejected(const Compressor& enc, const Compressor& dec, const std::vector<float>& x,
+                                     const Exec& cpu, const Exec& gpu, bool also_async_and_matching) {
+  const std::size_t n = x.size();
+  auto pay = enc.encode(Span<const float>(x.data(), n), cpu);
+  ASSERT_TRUE(pay.ok());
+  std::vector<float> hy(n, 0.0f);
+  EXPECT_EQ(
+      dec.decode(ConstBytes(pay->data(), pay->size()), Span<float>(hy.data(), n), DecodeMode::kOverwrite, cpu).code(),
+      StatusCode::kInvalidPayload);
+  Dev<std::uint8_t> dp(pay->size());
+  dp.put(*pay);
+  Dev<float> dy(n);
+  ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
+  Status s = dec.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidPayload) << s.to_string();
+  for (float v : dy.get(n)) ASSERT_EQ(v, 0.0f);
+  if (!also_async_and_matching) return;
+  Dev<std::uint32_t> word(1);
+  ASSERT_EQ(cudaMemset(word.p, 0, 4), cudaSuccess);
+  Exec async = gpu;
+  async.device_status = word.p;
+  ASSERT_TRUE(dec.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kAccumulate, async).ok());
+  EXPECT_EQ(cuda_take_status(word.p, nullptr, "test").code(), StatusCode::kInvalidPayload);
+  for (float v : dy.get(n)) ASSERT_EQ(v, 0.0f);
+  // The matching decoder accepts it (the bit is expected exactly where it is written).
+  ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
+  s = enc.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
+  EXPECT_TRUE(s.ok()) << s.to_string();
+}
+
 // scaled() payloads carry header flag bit 31: the device decoders of the plain codec and of the wrapper each reject
 // the other's payload (as on the CPU), synchronously and through the device status word, with y untouched. The
 // expected bit reaches the inner codec's kernels only through decode_cuda's header (Compressor::decode_cuda's flags
@@ -264,32 +296,8 @@ TEST(CudaCodecs, ScaledFlagIsRequiredExactly) {
     ASSERT_TRUE((*plain)->has_cuda() && (*wrapped)->has_cuda());
     for (int which = 0; which < 2; ++which) {
       SCOPED_TRACE(which == 0 ? "plain payload, scaled decoder" : "scaled payload, plain decoder");
-      const Compressor& enc = which == 0 ? **plain : **wrapped;
-      const Compressor& dec = which == 0 ? **wrapped : **plain;
-      auto pay = enc.encode(Span<const float>(x.data(), n), cpu);
-      ASSERT_TRUE(pay.ok());
-      std::vector<float> hy(n, 0.0f);
-      EXPECT_EQ(dec.decode(ConstBytes(pay->data(), pay->size()), Span<float>(hy.data(), n), DecodeMode::kOverwrite, cpu)
-                    .code(),
-                StatusCode::kInvalidPayload);
-      Dev<std::uint8_t> dp(pay->size());
-      dp.put(*pay);
-      Dev<float> dy(n);
-      ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
-      Status s = dec.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
-      EXPECT_EQ(s.code(), StatusCode::kInvalidPayload) << s.to_string();
-      for (float v : dy.get(n)) ASSERT_EQ(v, 0.0f);
-      Dev<std::uint32_t> word(1);
-      ASSERT_EQ(cudaMemset(word.p, 0, 4), cudaSuccess);
-      Exec async = gpu;
-      async.device_status = word.p;
-      ASSERT_TRUE(dec.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kAccumulate, async).ok());
-      EXPECT_EQ(cuda_take_status(word.p, nullptr, "test").code(), StatusCode::kInvalidPayload);
-      for (float v : dy.get(n)) ASSERT_EQ(v, 0.0f);
-      // The matching decoder accepts it (the bit is expected exactly where it is written).
-      ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
-      s = enc.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
-      EXPECT_TRUE(s.ok()) << s.to_string();
+      expect_foreign_payload_rejected(which == 0 ? **plain : **wrapped, which == 0 ? **wrapped : **plain, x, cpu, gpu,
+                                      /*also_async_and_matching=*/true);
     }
   }
 }
@@ -309,23 +317,9 @@ TEST(CudaCodecs, ComposeNestedScaledFlag) {
     auto nested = parse_compressor(std::string(sp) + "+scaled(qsgd:levels=7)");
     ASSERT_TRUE(plain.ok() && nested.ok());
     ASSERT_TRUE((*plain)->has_cuda() && (*nested)->has_cuda());
-    for (int which = 0; which < 2; ++which) {
-      const Compressor& enc = which == 0 ? **plain : **nested;
-      const Compressor& dec = which == 0 ? **nested : **plain;
-      auto pay = enc.encode(Span<const float>(x.data(), n), cpu);
-      ASSERT_TRUE(pay.ok());
-      std::vector<float> hy(n, 0.0f);
-      EXPECT_EQ(dec.decode(ConstBytes(pay->data(), pay->size()), Span<float>(hy.data(), n), DecodeMode::kOverwrite, cpu)
-                    .code(),
-                StatusCode::kInvalidPayload);
-      Dev<std::uint8_t> dp(pay->size());
-      dp.put(*pay);
-      Dev<float> dy(n);
-      ASSERT_EQ(cudaMemset(dy.p, 0, n * 4), cudaSuccess);
-      Status s = dec.decode(ConstBytes(dp.p, pay->size()), Span<float>(dy.p, n), DecodeMode::kOverwrite, gpu);
-      EXPECT_EQ(s.code(), StatusCode::kInvalidPayload) << s.to_string();
-      for (float v : dy.get(n)) ASSERT_EQ(v, 0.0f);
-    }
+    for (int which = 0; which < 2; ++which)
+      expect_foreign_payload_rejected(which == 0 ? **plain : **nested, which == 0 ? **nested : **plain, x, cpu, gpu,
+                                      /*also_async_and_matching=*/false);
   }
 }
 
