@@ -319,3 +319,23 @@ def test_fashion_mnist_mlp_learns_in_a_few_rounds(tmp_path):
                  eval_every=10, partition="iid", train_subset=6000, test_subset=1000, hidden=64), tmp_path / "f",
             progress=False, plots=False)
     assert s["final_accuracy"] > 0.6, s
+
+
+def test_econtrol_eta_hint_only_where_the_measured_runs_drifted():
+    from gradzip.fedsim.engine import econtrol_eta_hint
+
+    def hint(**kw):
+        base = dict(task="synthetic_logreg", model="logreg", num_clients=100, clients_per_round=10,
+                    algorithm="fedavg", compressor="topk:ratio=0.01", feedback="econtrol")
+        base.update(kw)
+        return econtrol_eta_hint(FedSimConfig(**base).validate(), 199210)
+
+    h = hint()
+    assert h is not None and "eta=auto" in h and "0.01" in h and "econtrol:eta=0.1" in h
+    assert hint(feedback="econtrol:eta=auto") is not None
+    assert hint(feedback="econtrol:eta=0.1") is None          # explicit eta
+    assert hint(feedback="econtrol:eta=0.01") is None         # explicit, even if small
+    assert hint(clients_per_round=100) is None                # full participation
+    assert hint(compressor="topk:ratio=0.5") is None          # auto = min(0.1, 0.5) = 0.1
+    assert hint(feedback="ef21") is None and hint(feedback="ef14") is None
+    assert hint(algorithm="scafcom", feedback="none") is None
