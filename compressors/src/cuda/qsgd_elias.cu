@@ -45,8 +45,8 @@ std::size_t slot_words(std::uint32_t levels) {
 std::size_t scan_temp_bytes(std::size_t chunks) {
   std::size_t bytes = 0;
   if (chunks == 0) return 0;
-  (void)cub::DeviceScan::InclusiveSum(nullptr, bytes, static_cast<const std::uint32_t*>(nullptr),
-                                      static_cast<std::uint32_t*>(nullptr), static_cast<int>(chunks));
+  (void)cub::DeviceScan::InclusiveSum(nullptr, bytes, static_cast<const std::uint64_t*>(nullptr),
+                                      static_cast<std::uint64_t*>(nullptr), static_cast<int>(chunks));
   return bytes;
 }
 
@@ -72,10 +72,12 @@ __device__ __forceinline__ void or_bits(std::uint32_t* slot, std::uint64_t pos, 
   if (sh + len > 64) atomicOr(slot + w + 2, static_cast<std::uint32_t>(v >> (64 - sh)));
 }
 
-/// One warp per chunk: its stream into its slot (zeroed by the caller), its byte length into lens[c].
+/// One warp per chunk: its stream into its slot (zeroed by the caller), its byte length into lens[c]. Lengths and
+/// their scan are 64-bit: the streams of a huge input can sum past 2^32 bytes (the encoder then reports the overflow
+/// as the CPU does, instead of wrapping the table).
 __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     chunk_write_kernel(const std::uint32_t* codes, std::size_t d, std::size_t chunks, std::size_t words,
-                       std::uint32_t* slots, std::uint32_t* lens) {
+                       std::uint32_t* slots, std::uint64_t* lens) {
   const std::size_t c = blockIdx.x * static_cast<std::size_t>(kWarpsPerBlock) + threadIdx.x / 32;
   if (c >= chunks) return;  // whole warps leave together
   const unsigned lane = threadIdx.x & 31u;
@@ -116,17 +118,18 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
     bitpos += static_cast<std::uint64_t>(__shfl_sync(kFull, incl, 31));
     if (mask) next = base + static_cast<std::uint32_t>(32 - __clz(mask));
   }
-  if (lane == 0) lens[c] = static_cast<std::uint32_t>((bitpos + 7) / 8);
+  if (lane == 0) lens[c] = (bitpos + 7) / 8;
 }
 
-/// One block per chunk: the table entry and the stream bytes (the slot's first bytes, little-endian words).
-__global__ void compact_kernel(const std::uint32_t* slots, std::size_t words, const std::uint32_t* ends,
+/// One block per chunk: the table entry and the stream bytes (the slot's first bytes, little-endian words). The
+/// entry is truncated to 32 bits only when the body exceeds 2^32 bytes, which the host then rejects.
+__global__ void compact_kernel(const std::uint32_t* slots, std::size_t words, const std::uint64_t* ends,
                                std::uint8_t* table, std::uint8_t* streams) {
   const std::size_t c = blockIdx.x;
-  const std::uint32_t start = c == 0 ? 0u : ends[c - 1], end = ends[c];
-  if (threadIdx.x == 0) store_u32_any(table + 4 * c, end);
+  const std::uint64_t start = c == 0 ? 0u : ends[c - 1], end = ends[c];
+  if (threadIdx.x == 0) store_u32_any(table + 4 * c, static_cast<std::uint32_t>(end));
   const std::uint8_t* src = reinterpret_cast<const std::uint8_t*>(slots + c * words);
-  for (std::uint32_t b = threadIdx.x; b < end - start; b += blockDim.x) streams[start + b] = src[b];
+  for (std::uint64_t b = threadIdx.x; b < end - start; b += blockDim.x) streams[start + b] = src[b];
 }
 
 struct DecodeArgs {
@@ -207,7 +210,7 @@ __global__ void write_kernel(DecodeArgs a, float scale, bool acc, float* y, cons
 std::size_t qsgd_elias_workspace(std::size_t d, std::uint32_t levels) {
   const std::size_t chunks = static_cast<std::size_t>(omega::chunks(d));
   return qsgd_workspace(d) + Scratch::round(4 * d) + Scratch::round(4 * chunks * slot_words(levels)) +
-         2 * Scratch::round(4 * chunks) + Scratch::round(scan_temp_bytes(chunks));
+         2 * Scratch::round(8 * chunks) + Scratch::round(scan_temp_bytes(chunks));
 }
 
 Status qsgd_elias_encode(std::uint32_t levels, bool linf, Span<const float> x, MutableBytes body,
@@ -229,8 +232,8 @@ Status qsgd_elias_encode(std::uint32_t levels, bool linf, Span<const float> x, M
   }
   std::uint32_t* codes = scratch.take<std::uint32_t>(d);
   std::uint32_t* slots = scratch.take<std::uint32_t>(chunks * words);
-  std::uint32_t* lens = scratch.take<std::uint32_t>(chunks);
-  std::uint32_t* ends = scratch.take<std::uint32_t>(chunks);
+  std::uint64_t* lens = scratch.take<std::uint64_t>(chunks);
+  std::uint64_t* ends = scratch.take<std::uint64_t>(chunks);
   std::size_t scan_bytes = scan_temp_bytes(chunks);
   std::uint8_t* tmp = scratch.take<std::uint8_t>(scan_bytes);
   GZ_CUDA_CHECK(cudaMemsetAsync(slots, 0, 4 * chunks * words, s));
@@ -243,11 +246,13 @@ Status qsgd_elias_encode(std::uint32_t levels, bool linf, Span<const float> x, M
   compact_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, s>>>(slots, words, ends, body.data() + 4,
                                                                     body.data() + 4 + 4 * chunks);
   GZ_CUDA_LAUNCH_CHECK();
-  std::uint32_t total = 0;
+  std::uint64_t total = 0;
   GZ_CUDA_CHECK(cudaMemcpyAsync(&total, ends + chunks - 1, sizeof(total), cudaMemcpyDeviceToHost, s));
   GZ_CUDA_CHECK(cudaStreamSynchronize(s));
   *body_bytes = 4 + 4 * chunks + total;
-  if (*body_bytes > body.size())  // cannot happen: every stream is within its chunk's share of the bound
+  // Cannot happen: every stream is within its chunk's share of the bound. (A body past 2^32 bytes fits the buffer
+  // and is rejected by Compressor::encode, as on the CPU.)
+  if (*body_bytes > body.size())
     return Status::Internal("qsgd.encode: Elias body of ", *body_bytes, " bytes exceeds the buffer of ", body.size());
   return st.finish("qsgd.encode");
 }
