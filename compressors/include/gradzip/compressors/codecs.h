@@ -68,13 +68,14 @@ struct LowRankStateAccess;  // lowrank.cc
 ///
 /// Host and device: exactly one copy of Q is current. A host encode keeps it in `q`. A device encode
 /// (Exec::device == kCuda) keeps it in device memory owned by this object (allocated on the first device encode or
-/// when the shape changes, freed by the destructor; use one state with one CUDA device), so that no call copies Q
-/// between host and device: afterwards `q` is empty (rows, cols and rank still give the shape) until
-/// sync_to_host() copies Q back and makes `q` current again. A host encode (and the lowrank allreduce) of a state
-/// whose Q is on the device calls sync_to_host() itself; a device encode of a state whose Q is in `q` uploads it
-/// once (stream-ordered, no synchronisation). Assign `q` only while it is current (on_device() false).
-/// Copying a state copies the current Q into the copy's `q` (from the device: synchronously; a CUDA error leaves
-/// the copy cold). Not thread-safe: one call at a time per state.
+/// when the shape changes, freed by the destructor; use one state with one CUDA device and one stream, or synchronise
+/// before moving it to another stream: its device Q is ordered on the stream of the last call), so that no call copies
+/// Q between host and device: afterwards `q` is empty (rows, cols and rank still give the shape) until sync_to_host()
+/// copies Q back and makes `q` current again. A host encode (and the lowrank allreduce) of a state whose Q is on the
+/// device calls sync_to_host() itself; a device encode of a state whose Q is in `q` uploads it once (stream-ordered, no
+/// synchronisation). Assign `q` only while it is current (on_device() false). Copying a state copies the current Q into
+/// the copy's `q` (from the device: synchronously; a CUDA error leaves the copy cold). Not thread-safe: one call at a
+/// time per state.
 class LowRankState : public CompressorState {
  public:
   LowRankState() = default;

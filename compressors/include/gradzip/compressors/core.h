@@ -204,7 +204,8 @@ struct Exec {
   /// cuda.h) instead of the call synchronising the stream to return them as a Status. Null (the default): every CUDA
   /// call that can find an error on the device (payload validation, fp16 range, NaN/Inf) synchronises its stream
   /// once and returns the exact Status. Non-null: nothing synchronises (no host round trip); the caller reads the
-  /// word later with cuda_take_status().
+  /// word later with cuda_take_status(). One exception: QSGD coding=elias encode synchronises its stream once to learn
+  /// the variable body length it must return in *written (so it cannot be captured into a CUDA graph).
   std::uint32_t* device_status = nullptr;
 };
 
