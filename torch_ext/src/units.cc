@@ -84,11 +84,14 @@ Unit::State Unit::state() const {
   aggregator_->save(a);
   State s;
   if (lowrank_ != nullptr) {
+    // A copy holds the current Q in `q` also when the last encode left it in device memory (LowRankState's copy
+    // downloads it); cheap: n x r floats, and states are saved rarely.
+    const LowRankState q(*lowrank_);
     StateWriter cw;
-    cw.put_u64("lowrank_rows", lowrank_->rows);
-    cw.put_u64("lowrank_cols", lowrank_->cols);
-    cw.put_u64("lowrank_rank", lowrank_->rank);
-    cw.put_floats("lowrank_q", Span<const float>(lowrank_->q.data(), lowrank_->q.size()));
+    cw.put_u64("lowrank_rows", q.rows);
+    cw.put_u64("lowrank_cols", q.cols);
+    cw.put_u64("lowrank_rank", q.rank);
+    cw.put_floats("lowrank_q", Span<const float>(q.q.data(), q.q.size()));
     s.codec = cw.take();
   }
   s.worker = w.take();
