@@ -6,7 +6,8 @@
 // feedback / granularity cases, and the hook's state_dict() after SAVE_AT steps. GradSync, fed the same inputs with
 // the same options and DDP's bucket layout, must give the same gradients bit for bit (it runs the same C++ units and
 // plans; with 2 ranks every sum is a + b, whatever the engine), resume from the Python state and continue bit for
-// bit, and round-trip its own state. Without a fixture (or with FIXTURE.skip, written when the Python side could not
+// bit, and round-trip its own state through a file (left in FIXTURE.cpp_state/ for the Python hook to resume from:
+// torch_ext.libtorch_state_to_python). Without a fixture (or with FIXTURE.skip, written when the Python side could not
 // run) those tests skip and the others still run.
 //
 // Rank 0 prints GoogleTest's output; other ranks print their failures prefixed "[rank r]"; every rank exits non-zero
@@ -216,36 +217,10 @@ TEST(LibTorchFixture, ResumesFromThePythonHooksState) {
   }
 }
 
+// The file stays in FIXTURE.cpp_state/<case>.rank<r>.pt: the next ctest (libtorch_fixture.py --check-cpp-state)
+// loads it into the Python hook mid-training and requires the hook's remaining outputs to equal the fixture's bit
+// for bit, so C++ checkpoints resume in Python too.
 TEST(LibTorchFixture, OwnStateRoundTripsThroughAFile) {
-  REQUIRE_FIXTURE();
-  const auto dir = std::filesystem::temp_directory_path();
-  for (const Case& c : fixture().cases) {
-    SCOPED_TRACE(c.name);
-    auto pa = make_params(fixture().shapes);
-    auto a = GradSync::create(pa, c.options, *g_comm);
-    ASSERT_TRUE(a.ok()) << a.status().to_string();
-    const std::size_t k = static_cast<std::size_t>(fixture().save_at);
-    for (std::size_t t = 0; t < k; ++t) replay_step(**a, pa, c, t);
-    const std::string path = (dir / ("gradzip_libtorch_test_" + std::to_string(::getpid()) + "_" + c.name + ".rank" +
-                                     std::to_string(g_comm->rank()) + ".pt"))
-                                 .string();
-    ASSERT_TRUE((*a)->save(path).ok());
-    auto pb = make_params(fixture().shapes);
-    auto b = GradSync::create(pb, c.options, *g_comm);
-    ASSERT_TRUE(b.ok());
-    const Status s = (*b)->load(path);
-    std::filesystem::remove(path);
-    ASSERT_TRUE(s.ok()) << s.to_string();
-    EXPECT_EQ((*b)->steps(), static_cast<std::int64_t>(k));
-    EXPECT_EQ((*b)->num_units(), (*a)->num_units());
-    for (std::size_t t = k; t < c.inputs.size(); ++t) replay_step(**b, pb, c, t);
-  }
-}
-
-// Writes GradSync's own state after save_at steps to FIXTURE.cpp_state/<case>.rank<r>.pt; the next ctest
-// (libtorch_fixture.py --check-cpp-state) loads each file into the Python hook mid-training and requires the
-// hook's remaining outputs to equal the fixture's bit for bit: C++ checkpoints resume in Python.
-TEST(LibTorchFixture, WritesItsStateForThePythonHook) {
   REQUIRE_FIXTURE();
   const std::filesystem::path dir = g_fixture_path + ".cpp_state";
   std::error_code ec;
@@ -253,13 +228,21 @@ TEST(LibTorchFixture, WritesItsStateForThePythonHook) {
   ASSERT_FALSE(ec) << "cannot create " << dir << ": " << ec.message();
   for (const Case& c : fixture().cases) {
     SCOPED_TRACE(c.name);
-    auto params = make_params(fixture().shapes);
-    auto sync = GradSync::create(params, c.options, *g_comm);
-    ASSERT_TRUE(sync.ok()) << sync.status().to_string();
-    for (std::size_t t = 0; t < static_cast<std::size_t>(fixture().save_at); ++t) replay_step(**sync, params, c, t);
-    const auto path = dir / (c.name + ".rank" + std::to_string(g_comm->rank()) + ".pt");
-    const Status s = (*sync)->save(path.string());
+    auto pa = make_params(fixture().shapes);
+    auto a = GradSync::create(pa, c.options, *g_comm);
+    ASSERT_TRUE(a.ok()) << a.status().to_string();
+    const std::size_t k = static_cast<std::size_t>(fixture().save_at);
+    for (std::size_t t = 0; t < k; ++t) replay_step(**a, pa, c, t);
+    const std::string path = (dir / (c.name + ".rank" + std::to_string(g_comm->rank()) + ".pt")).string();
+    ASSERT_TRUE((*a)->save(path).ok());
+    auto pb = make_params(fixture().shapes);
+    auto b = GradSync::create(pb, c.options, *g_comm);
+    ASSERT_TRUE(b.ok());
+    const Status s = (*b)->load(path);
     ASSERT_TRUE(s.ok()) << s.to_string();
+    EXPECT_EQ((*b)->steps(), static_cast<std::int64_t>(k));
+    EXPECT_EQ((*b)->num_units(), (*a)->num_units());
+    for (std::size_t t = k; t < c.inputs.size(); ++t) replay_step(**b, pb, c, t);
   }
 }
 
