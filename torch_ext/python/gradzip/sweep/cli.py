@@ -24,7 +24,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from . import plots as P
 from .bandwidth import DEFAULT_LINKS, Link, parse_links
 from .grid import RunSpec, SweepConfig, expand, load_config, parse_config, parse_shard, shard, varying_keys
-from .runner import Outcome, collect, default_workers, is_finished, param_column, run_sweep, write_table
+from .runner import (Outcome, collect, default_workers, is_current, load_result, param_column, run_sweep,
+                     write_table)
 from .tasks import default_label, get_task
 
 AXIS_FLAGS = ("algorithm", "feedback", "compressor", "downlink", "hook")
@@ -226,8 +227,8 @@ def _print_list(runs: Sequence[RunSpec], out: str, shard_spec: Optional[Tuple[in
     keys = varying_keys(runs)
     print("hash              state     block         parameters that vary")
     for r in runs:
-        state = ("finished" if is_finished(out, r) else "stale" if is_finished(out, r, keep_stale=True)
-                 else "todo")
+        res = load_result(out, r)
+        state = "finished" if is_current(res) else "stale" if res is not None else "todo"
         if mine is not None and r.hash not in mine:
             state = "other"
         print(f"{r.hash}  {state:8s}  {r.block[:12]:12s}  "

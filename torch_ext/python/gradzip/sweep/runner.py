@@ -77,10 +77,14 @@ def load_result(out: str, spec: RunSpec) -> Optional[Dict[str, Any]]:
     return res
 
 
+def is_current(res: Optional[Dict[str, Any]], keep_stale: bool = False) -> bool:
+    """A loaded result counts as finished: written by this code (or by any code with ``keep_stale``)."""
+    return res is not None and (keep_stale or res.get("code") == code_version())
+
+
 def is_finished(out: str, spec: RunSpec, keep_stale: bool = False) -> bool:
     """Finished by this code (or by any code with ``keep_stale``)."""
-    res = load_result(out, spec)
-    return res is not None and (keep_stale or res.get("code") == code_version())
+    return is_current(load_result(out, spec), keep_stale)
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:
@@ -220,10 +224,11 @@ def run_sweep(runs: Sequence[RunSpec], out: str, *, workers: Optional[int] = Non
     todo: List[RunSpec] = []
     stale = 0
     for r in runs:
-        if not force and is_finished(out, r, keep_stale):
+        res = None if force else load_result(out, r)  # read each result.json once
+        if is_current(res, keep_stale):
             oc.reused.append(r)
         else:
-            stale += not force and is_finished(out, r, keep_stale=True)
+            stale += res is not None
             todo.append(r)
     if stale:
         log(f"[sweep] {stale} finished runs in {out} were written by other gradzip code (not {code_version()}); "
